@@ -1,0 +1,26 @@
+"""Contrastive losses over a batch of paired views: NT-Xent (SimCLR's default) and the two table-2 alternatives."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from torchclr.errors import UserError
+from torchclr.loss.margin_triplet import MarginTripletLoss
+from torchclr.loss.nt_logistic import NTLogisticLoss
+from torchclr.loss.ntxent import NTXentLoss
+
+LOSS_NAMES = ("nt_xent", "nt_logistic", "margin_triplet")
+
+
+def build_loss(name: str, temperature: float, margin: float) -> nn.Module:
+    """Pick a loss by its config name; each loss only reads (and checks) the setting it uses."""
+    if name == "nt_xent":
+        return NTXentLoss(temperature)
+    if name == "nt_logistic":
+        return NTLogisticLoss(temperature)
+    if name == "margin_triplet":
+        return MarginTripletLoss(margin)
+    raise UserError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {name!r}")
+
+
+__all__ = ["LOSS_NAMES", "MarginTripletLoss", "NTLogisticLoss", "NTXentLoss", "build_loss"]

@@ -1,0 +1,5 @@
+import sys
+
+from torchclr.cli import main
+
+sys.exit(main())

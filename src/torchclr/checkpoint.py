@@ -1,0 +1,175 @@
+"""Checkpoints as safetensors files: tensors plus JSON metadata, written atomically, loaded without pickle.
+
+A training checkpoint holds the model, the optimiser and scheduler state, every RNG state and the step,
+so `--resume` continues bit-for-bit. Loading never unpickles anything, so a checkpoint from a stranger
+cannot run code; a file from another architecture is refused with a message naming both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from torchclr.errors import UserError
+
+FORMAT = "torchclr-checkpoint-v1"
+
+
+def save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+        save_file(tensors, tmp, metadata={"format": FORMAT, "json": json.dumps(metadata)})
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a torchclr checkpoint; anything else (missing, truncated, foreign) is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"checkpoint {path} is not a readable safetensors file: {err}") from None
+    if header.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} was not written by torchclr (format {header.get('format')!r})")
+    return tensors, json.loads(header["json"])
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, slot in state["state"].items():
+        for key, value in slot.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, slot in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(slot)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state(augment_generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, value in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = value
+    if augment_generator is not None:
+        tensors["rng.augment"] = augment_generator.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    meta = {"python": _to_json(random.getstate()), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    return tensors, meta
+
+
+def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], augment_generator: torch.Generator | None) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    if augment_generator is not None and "rng.augment" in tensors:
+        augment_generator.set_state(tensors["rng.augment"])
+    random.setstate(_to_tuple(meta["python"]))
+    kind, keys, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def _to_json(value: Any) -> Any:
+    return [_to_json(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def save_training(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    augment_generator: torch.Generator | None,
+    info: dict[str, Any],
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Everything `--resume` needs; `info` carries the config, the architecture and the epoch/step."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
+    rng_tensors, rng_meta = rng_state(augment_generator)
+    metadata = dict(info)
+    metadata.update(
+        kind="training",
+        optimizer=optim_meta,
+        scheduler=scheduler.state_dict(),
+        rng=rng_meta,
+        scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+    )
+    save_atomically({**tensors, **optim_tensors, **rng_tensors}, metadata, path)
+
+
+def model_tensors(tensors: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, described_as: str) -> None:
+    """`load_state_dict`, with a mismatch explained in one line instead of a wall of key names."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong_shape:
+            key = wrong_shape[0]
+            details.append(f"{len(wrong_shape)} of another shape (e.g. {key}: {tuple(state[key].shape)} vs {tuple(expected[key].shape)})")
+        raise UserError(f"checkpoint {path} does not fit {described_as}: tensors " + "; ".join(details))
+    model.load_state_dict(state)
+
+
+def restore_training(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    augment_generator: torch.Generator | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    restore_rng_state(tensors, meta["rng"], augment_generator)

@@ -1,0 +1,216 @@
+"""Pretraining settings: one dataclass whose fields are at once the YAML keys and the command-line options.
+
+Precedence: the defaults below < a preset or YAML file (`--config`) < options on the command line.
+The defaults are a short CPU-friendly run on the shipped CIFAR-10 sample; the presets `cifar10` and
+`imagenet` carry the paper's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torchclr.errors import UserError
+from torchclr.transforms.spec import AugmentSpec
+
+PRESETS = ("cifar10", "imagenet")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class PretrainConfig:
+    # data
+    data: str = _opt("sample", "images to pretrain on: a folder (class sub-folders optional), a .zip of one, "
+                     "cifar10:DIR, cifar100:DIR, stl10:DIR, or 'sample' (the CIFAR-10 sample shipped with torchclr)")
+    train_split: str = _opt("train", "split of --data to pretrain on (a sub-folder name; for stl10 e.g. 'train+unlabeled')")
+    eval_data: str | None = _opt(None, "labelled data with train/test splits for the kNN monitor; default: --data when it has them")
+    image_size: int = _opt(32, "side of the square views fed to the encoder, in pixels")
+    augment_mode: str = _opt("batched", "'batched': decode once, augment whole batches on the training device (fast); "
+                             "'per-image': torchvision v2 per image in DataLoader workers (the reference)", ("batched", "per-image"))
+    cache_dir: str | None = _opt(None, "folder for the decoded-image cache (memory-mapped, keyed by the data's content); default: memory only")
+    download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10 (needs a network)")
+    workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image; default: from the core count")
+    # augmentation (paper, appendix A)
+    crop: bool = _opt(True, "random resized crop (off: plain resize)")
+    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
+    crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "aspect-ratio range of the random crop")
+    flip_p: float = _opt(0.5, "probability of a horizontal flip")
+    jitter_strength: float = _opt(0.5, "colour distortion strength s (0.5 for CIFAR, 1.0 for ImageNet)")
+    jitter_p: float = _opt(0.8, "probability of colour jitter")
+    grayscale_p: float = _opt(0.2, "probability of grayscale")
+    blur_p: float | None = _opt(None, "probability of Gaussian blur; default: 0.5 for images of 64 px or more, else 0")
+    blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
+    solarize_p: float = _opt(0.0, "probability of solarization")
+    # model
+    arch: str = _opt("resnet18", "encoder architecture (torchvision ResNet)")
+    cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool; default: on for images up to 64 px")
+    head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
+    head_layers: int = _opt(2, "layers of the mlp head")
+    proj_dim: int = _opt(128, "output size of the projection head (z)")
+    # loss
+    loss: str = _opt("nt_xent", "contrastive loss", ("nt_xent", "nt_logistic", "margin_triplet"))
+    temperature: float = _opt(0.5, "temperature tau of the loss")
+    margin: float = _opt(1.0, "margin of the margin_triplet loss")
+    # optimisation
+    optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
+    lr: float = _opt(1.0, "base learning rate, scaled by --lr-scaling from the global batch size")
+    lr_scaling: str = _opt("linear", "'linear': lr x batch/256; 'sqrt': lr x sqrt(batch); 'none'", ("linear", "sqrt", "none"))
+    weight_decay: float = _opt(1e-6, "weight decay (never on biases and BN parameters)")
+    momentum: float = _opt(0.9, "momentum of lars/sgd")
+    batch_size: int = _opt(256, "images per step over all processes (each gives 2 views)")
+    epochs: int = _opt(100, "passes over the training data")
+    warmup_epochs: float = _opt(10, "epochs of linear learning-rate warm-up before the cosine decay")
+    # runtime
+    device: str = _opt("auto", "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
+    precision: str = _opt("bf16", "autocast precision; fp16 uses a grad scaler (GPU only)", ("bf16", "fp16", "fp32"))
+    compile: bool = _opt(False, "torch.compile the model (slower start, faster steps)")
+    channels_last: bool = _opt(True, "channels-last memory format for the convolutions")
+    seed: int = _opt(0, "random seed")
+    deterministic: bool = _opt(False, "deterministic algorithms (bit-exact resume, slower)")
+    # output and monitoring
+    out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
+    keep_checkpoints: int = _opt(2, "epoch checkpoints to keep (older ones are deleted; 0 keeps all)")
+    knn_every: int = _opt(1, "run the kNN monitor every this many epochs (0: never)")
+    knn_k: int = _opt(200, "neighbours of the kNN monitor")
+    knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def augment_spec(self) -> AugmentSpec:
+        return AugmentSpec(
+            image_size=self.image_size, crop=self.crop, crop_scale=tuple(self.crop_scale), crop_ratio=tuple(self.crop_ratio),
+            flip_p=self.flip_p, jitter_strength=self.jitter_strength, jitter_p=self.jitter_p, grayscale_p=self.grayscale_p,
+            blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p,
+        )
+
+    def validate(self) -> None:
+        """Reject values no run could use, naming the option; the rest is checked where it is used."""
+        positive = ("image_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("temperature", "knn_temperature", "lr"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UserError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        self.augment_spec()
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(the value type, whether None is allowed) for the few annotations used above."""
+    hint = eval(annotation, vars(typing), {}) if isinstance(annotation, str) else annotation
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        inner = [a for a in args if a is not type(None)][0]
+        return _base_type(inner)[0], True
+    return (typing.get_origin(hint) or hint), False
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a pair of numbers"}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Check and convert one value for field `name`; the message names the key and where it came from."""
+    f = {f.name: f for f in dataclasses.fields(PretrainConfig)}[name]
+    kind, optional = _base_type(f.type)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise UserError(f"{where}: {name} may not be empty")
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            if len(items) != 2:
+                raise ValueError
+            return tuple(float(v) for v in items)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {name} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}") from None
+
+
+def load_yaml(source: str) -> dict[str, Any]:
+    """A preset name or a YAML file path -> checked key/value pairs."""
+    if source in PRESETS:
+        text = (resources.files("torchclr") / "configs" / f"{source}.yaml").read_text()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"config {source} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
+        text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config {source} must be a mapping of option: value")
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UserError(f"config {source}: unknown key {key!r}")
+        values[name] = _coerce(name, value, f"config {source}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--option` per field, all defaulting to None so that unset options do not override the YAML."""
+    parser.add_argument("--config", help=f"YAML file or preset ({', '.join(PRESETS)}) whose keys are these options")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="continue from the latest checkpoint in --out-dir, or from the checkpoint file given")
+    for f in dataclasses.fields(PretrainConfig):
+        kind, _ = _base_type(f.type)
+        default = f.default
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else default
+        help_text = f"{f.metadata['help']} (default: {shown})"
+        if kind is bool:
+            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, default=None, metavar="X,Y" if kind is tuple else None,
+                                choices=f.metadata.get("choices"), help=help_text)
+
+
+def resolve(args: argparse.Namespace) -> PretrainConfig:
+    """Defaults, then the YAML/preset, then the command line; validated."""
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for f in dataclasses.fields(PretrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = _coerce(f.name, given, "option --" + _flag(f.name))
+    config = PretrainConfig(**values)
+    config.validate()
+    return config
+
+
+def from_dict(values: dict[str, Any], where: str) -> PretrainConfig:
+    """Rebuild a config stored in a checkpoint or run folder."""
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    return PretrainConfig(**{k: _coerce(k, v, where) for k, v in values.items() if k in known})

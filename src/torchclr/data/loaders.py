@@ -1,0 +1,101 @@
+"""Pairs of views per step, two ways: batched on the training device (fast) or per image in workers (reference).
+
+Both draw the images of an epoch with a DistributedSampler (one shard per process, reshuffled by
+`set_epoch`), so they see the same images in the same order for the same seed, and resume exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from torchclr.data.cache import materialize, stored_side
+from torchclr.data.sources import ImageSet
+from torchclr.errors import UserError
+from torchclr.transforms import AugmentSpec, BatchAugment, TwoViews, view_transform
+
+GPU_RESIDENT_MAX_BYTES = 4 << 30  # keep decoded data sets up to this size on the GPU itself
+
+ViewPair = tuple[torch.Tensor, torch.Tensor]
+
+
+class ViewBatches(Protocol):
+    steps_per_epoch: int
+
+    def epoch(self, epoch: int) -> Iterator[ViewPair]: ...
+
+
+def _sampler(size: int, seed: int, rank: int, world: int) -> DistributedSampler:
+    return DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+
+
+class BatchedViews:
+    """Index the decoded uint8 tensor and augment the whole batch at once where the model runs."""
+
+    def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
+                 seed: int, rank: int = 0, world: int = 1, cache_dir: str | None = None) -> None:
+        tensor = materialize(images, stored_side(spec.image_size), cache_dir).tensor
+        assert tensor is not None
+        if device.type == "cuda" and tensor.numel() <= GPU_RESIDENT_MAX_BYTES:
+            tensor = tensor.to(device)
+        elif device.type == "cuda":
+            tensor = tensor.pin_memory()
+        self.images, self.device, self.batch_size = tensor, device, batch_size
+        self.sampler = _sampler(len(tensor), seed, rank, world)
+        self.steps_per_epoch = len(self.sampler) // batch_size
+        self.augment = BatchAugment(spec)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed * 1000 + rank)
+
+    def epoch(self, epoch: int) -> Iterator[ViewPair]:
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        for step in range(self.steps_per_epoch):
+            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            batch = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
+            yield self.augment.two_views(batch, self.generator)
+
+
+class _TwoViewDataset(Dataset):
+    def __init__(self, images: ImageSet, views: TwoViews) -> None:
+        self.images, self.views = images, views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> ViewPair:
+        return self.views(self.images.image(index))
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class PerImageViews:
+    """The reference path: torchvision v2 per image in DataLoader workers, decoding files as it goes."""
+
+    def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
+                 seed: int, rank: int = 0, world: int = 1, workers: int | None = None) -> None:
+        self.dataset = _TwoViewDataset(images, TwoViews(view_transform(spec)))
+        self.sampler = _sampler(len(images), seed, rank, world)
+        self.steps_per_epoch = len(self.sampler) // batch_size
+        self.batch_size, self.device, self.seed = batch_size, device, seed * 1000 + rank
+        self.workers = default_workers() if workers is None else workers
+        self.generator = None
+
+    def epoch(self, epoch: int) -> Iterator[ViewPair]:
+        self.sampler.set_epoch(epoch)
+        # A new loader per epoch, seeded by the epoch, so worker RNG never depends on the past: resume is exact.
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.workers, drop_last=True,
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.seed + epoch),
+            prefetch_factor=4 if self.workers else None,
+        )
+        try:
+            for first, second in loader:
+                yield first.to(self.device, non_blocking=True), second.to(self.device, non_blocking=True)
+        except UserError as err:  # re-raised from a worker with its traceback text: keep the original line
+            raise UserError(str(err).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None

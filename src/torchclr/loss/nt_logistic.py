@@ -1,0 +1,34 @@
+"""NT-Logistic, the logistic alternative to NT-Xent in table 2 of the SimCLR paper."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchclr.loss.pairs import check_temperature, mean_over_negatives, pair_similarities
+
+
+class NTLogisticLoss(nn.Module):
+    """l(i) = -log sigmoid(s_ij / tau) - 1/(2N-2) * sum_{k != i, j} log sigmoid(-s_ik / tau), averaged over rows.
+
+    Table 2 of the paper maximises log sigmoid(u.v+ / tau) + log sigmoid(-u.v- / tau) for one positive v+ and a
+    negative v-; here the negative term is the mean over all 2N - 2 negatives of the global batch (s is cosine
+    similarity, j is i's other view), so its weight relative to the positive term does not grow with the batch.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = check_temperature(temperature)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Loss for z of shape [2n, d] = [view 1 rows; view 2 rows]."""
+        pairs = pair_similarities(z)
+        logits = pairs.similarity / self.temperature
+        positive = logits.gather(1, pairs.positive_index.unsqueeze(1)).squeeze(1)
+        # -log sigmoid(x) = softplus(-x) and -log sigmoid(-x) = softplus(x), without overflow.
+        negative = mean_over_negatives(F.softplus(logits), pairs)
+        return (F.softplus(-positive) + negative).mean()
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

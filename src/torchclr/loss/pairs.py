@@ -1,0 +1,68 @@
+"""What every contrastive loss shares: checking the view layout, cosine similarities against the global batch,
+and where each row's own column and its positive's column are."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from torchclr.distributed import gather_with_grad
+from torchclr.errors import UserError
+
+
+class Pairs(NamedTuple):
+    """Cosine similarities of this rank's rows (dim 0) against the rows of all ranks (dim 1).
+
+    ``self_index[i]`` and ``positive_index[i]`` are the columns of local row i itself and of its other view.
+    """
+
+    similarity: torch.Tensor
+    self_index: torch.Tensor
+    positive_index: torch.Tensor
+
+
+def check_temperature(temperature: float) -> float:
+    """The temperature comes from the user's config; a zero or negative one would divide by zero or flip the loss."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UserError(f"temperature must be > 0, got {temperature}")
+    return temperature
+
+
+def pair_similarities(z: torch.Tensor) -> Pairs:
+    """Normalise rows, gather them from all ranks and compute local-vs-global cosine similarities.
+
+    ``z`` is [2n, d] laid out as [view 1 of n images; view 2 of the same n images], so row i's positive
+    is row (i + n) mod 2n. The maths runs in at least float32, autocast or not (bf16 would lose the small
+    differences between similarities that the temperature blows up); float64 inputs stay float64 for gradcheck.
+    """
+    if z.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-d [2n, d] tensor, got shape {tuple(z.shape)}")
+    rows = z.shape[0]
+    if rows == 0 or rows % 2 != 0:
+        raise ValueError(f"embeddings must hold two views of each image (an even, non-zero number of rows), got {rows}")
+    # Autocast would run the matmul in bf16 again; the losses are cheap next to the encoder.
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+        everyone, offset = gather_with_grad(z)
+        similarity = z @ everyone.T
+    local = torch.arange(rows, device=z.device)
+    return Pairs(
+        similarity=similarity,
+        self_index=offset + local,
+        positive_index=offset + (local + rows // 2) % rows,
+    )
+
+
+def mean_over_negatives(terms: torch.Tensor, pairs: Pairs) -> torch.Tensor:
+    """Average per-pair terms [2n, 2N] over each row's 2N - 2 negatives, i.e. all columns but itself and its positive.
+
+    Zeroes those two columns out of place: relu and friends keep their output for the backward pass. With a
+    single image in the whole batch there are no negatives and the average of nothing is taken as 0.
+    """
+    excluded = torch.stack((pairs.self_index, pairs.positive_index), dim=1)
+    terms = terms.scatter(1, excluded, 0.0)
+    negatives = max(terms.shape[1] - 2, 1)
+    return terms.sum(dim=1) / negatives

@@ -1,0 +1,33 @@
+"""The projection head g: h -> z, where the contrastive loss is applied (paper section 4.2, figure 8)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from torchclr.errors import UserError
+
+HEAD_KINDS = ("none", "linear", "mlp")
+
+
+def projection_head(kind: str, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None, num_layers: int = 2) -> nn.Module:
+    """`none` (z = h), `linear` (one layer), or `mlp` with `num_layers` layers: d -> d -> ... -> out_dim.
+
+    Every hidden layer is Linear + BatchNorm + ReLU; the last is Linear + BatchNorm without bias or
+    ReLU, as in the paper's released code (the BN keeps z well scaled for the temperature).
+    """
+    if kind not in HEAD_KINDS:
+        raise UserError(f"model.head must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
+    if kind == "none":
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim))
+    if num_layers < 2:
+        raise UserError(f"model.head_layers must be at least 2 for an mlp head, got {num_layers}")
+    hidden_dim = hidden_dim or in_dim
+    layers: list[nn.Module] = []
+    width = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(width, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        width = hidden_dim
+    layers += [nn.Linear(width, out_dim, bias=False), nn.BatchNorm1d(out_dim)]
+    return nn.Sequential(*layers)

@@ -1,0 +1,24 @@
+"""SimCLR's network: encoder f gives the representation h, projection head g gives z for the loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchclr.models.encoders import build_encoder
+from torchclr.models.heads import projection_head
+
+
+class SimCLR(nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(images)
+        return h, self.head(h)
+
+
+def build_simclr(arch: str, image_size: int, cifar_stem: bool | None, head: str, head_layers: int, out_dim: int) -> SimCLR:
+    encoder = build_encoder(arch, image_size, cifar_stem)
+    return SimCLR(encoder, projection_head(head, encoder.feature_dim, out_dim, num_layers=head_layers))

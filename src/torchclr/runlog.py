@@ -1,0 +1,117 @@
+"""The run folder: resolved config, metrics.jsonl, TensorBoard scalars, loss curve and checkpoints.
+
+Only the main process writes; the others get a RunLog that does nothing but know the paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CHECKPOINT_PATTERN = re.compile(r"epoch-(\d{4,})\.safetensors$")
+
+
+class RunLog:
+    def __init__(self, out_dir: str | Path, writer_enabled: bool) -> None:
+        self.dir = Path(out_dir)
+        self.enabled = writer_enabled
+        self.checkpoints = self.dir / "checkpoints"
+        self._tensorboard = None
+        self._curve: list[tuple[int, float]] = []
+        self._monitor: list[tuple[int, float]] = []
+        if writer_enabled:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self._read_back_metrics()
+
+    def _read_back_metrics(self) -> None:
+        """A resumed run continues the same curves."""
+        path = self.dir / "metrics.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                self._remember(record)
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        if "loss" in record and "step" in record:
+            self._curve.append((record["step"], record["loss"]))
+        if "knn_top1" in record:
+            self._monitor.append((record["epoch"], record["knn_top1"]))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop metric lines past the checkpoint a resume starts from, so the curves never double back."""
+        path = self.dir / "metrics.jsonl"
+        if not self.enabled or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self._curve, self._monitor = [], []
+        self._read_back_metrics()
+
+    def write_config(self, config: Any) -> None:
+        if self.enabled:
+            values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+            (self.dir / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+
+    @property
+    def tensorboard(self) -> Any:
+        if self._tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.dir / "tensorboard"))
+        return self._tensorboard
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One JSON line plus a TensorBoard scalar for each number (step-indexed)."""
+        if not self.enabled:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        step = record["step"]
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(key, value, step)
+        self._remember(record)
+
+    def plot(self) -> None:
+        """loss_curve.png: training loss per step and, beside it, the kNN monitor per epoch."""
+        if not self.enabled or not self._curve:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2 if self._monitor else 1, figsize=(10 if self._monitor else 5, 3.5), squeeze=False)
+        steps, losses = zip(*self._curve)
+        axes[0][0].plot(steps, losses)
+        axes[0][0].set(xlabel="step", ylabel="contrastive loss", title="pretraining loss")
+        if self._monitor:
+            epochs, accs = zip(*self._monitor)
+            axes[0][1].plot(epochs, accs, marker="o")
+            axes[0][1].set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
+        fig.tight_layout()
+        fig.savefig(self.dir / "loss_curve.png", dpi=100)
+        plt.close(fig)
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch-{epoch:04d}.safetensors"
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.checkpoints.glob("epoch-*.safetensors"), key=lambda p: int(CHECKPOINT_PATTERN.search(p.name).group(1)))  # type: ignore[union-attr]
+        return found[-1] if found else None
+
+    def prune(self, keep: int) -> None:
+        if not self.enabled or keep <= 0:
+            return
+        found = sorted(p for p in self.checkpoints.glob("epoch-*.safetensors") if CHECKPOINT_PATTERN.search(p.name))
+        for old in found[:-keep]:
+            old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()

@@ -1,0 +1,215 @@
+"""SimCLR pretraining: two views per image, encoder + head, contrastive loss, LARS, warm-up + cosine.
+
+The loop is deliberately plain (see `train_one_epoch`); everything around it - data, checkpoints,
+monitoring - lives in its own module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from torchclr import checkpoint
+from torchclr.config import PretrainConfig
+from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
+from torchclr.data.sources import open_images
+from torchclr.errors import UserError
+from torchclr.evaluate.monitor import LabelledEval, final_report, open_labelled_eval
+from torchclr.loss import build_loss
+from torchclr.models import SimCLR, build_simclr
+from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
+from torchclr.runlog import RunLog
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name (try cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def model_description(config: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must agree on to be loaded into a model."""
+    values = dataclasses.asdict(config) if isinstance(config, PretrainConfig) else config
+    stem = values["cifar_stem"] if values["cifar_stem"] is not None else values["image_size"] <= 64
+    return {"arch": values["arch"], "cifar_stem": bool(stem), "head": values["head"],
+            "head_layers": values["head_layers"], "proj_dim": values["proj_dim"]}
+
+
+@dataclass
+class StepContext:
+    """What one optimisation step needs besides the batch."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+
+
+def training_step(ctx: StepContext, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """One step on a batch of view pairs; both views go through the network as one batch (BN sees 2N)."""
+    images = torch.cat([first, second])
+    if ctx.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(ctx.device.type, dtype=ctx.dtype or torch.float32, enabled=ctx.dtype is not None):
+        _, z = ctx.model(images)
+        loss = ctx.loss_fn(z)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.scheduler.step()
+    return loss.detach()
+
+
+def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_step: int, run: RunLog, progress: bool) -> tuple[int, float]:
+    """Returns the step count after the epoch and the epoch's mean loss."""
+    log_every = max(1, batches.steps_per_epoch // 10)
+    total, count, start = torch.zeros((), device=ctx.device), 0, time.perf_counter()
+    bar = tqdm(total=batches.steps_per_epoch, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
+    for first, second in batches.epoch(epoch):
+        loss = training_step(ctx, first, second)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at step {global_step}; lower --lr or raise --temperature")
+        total += loss
+        count += 1
+        global_step += 1
+        bar.update(1)
+        if count % log_every == 0 or count == batches.steps_per_epoch:
+            images_per_s = count * len(first) / (time.perf_counter() - start)
+            value, lr = loss.item(), ctx.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}")
+            run.log({"step": global_step, "epoch": epoch + 1, "loss": value, "lr": lr, "images_per_s": images_per_s})
+    bar.close()
+    return global_step, (total / max(count, 1)).item()
+
+
+def _view_batches(config: PretrainConfig, device: torch.device, rank: int, world: int) -> ViewBatches:
+    images = open_images(config.data, config.train_split, config.download)
+    per_process = config.batch_size // world
+    if per_process * world != config.batch_size:
+        raise UserError(f"--batch-size {config.batch_size} must be a multiple of the number of processes ({world})")
+    if len(images) < config.batch_size:
+        raise UserError(f"data {images.origin} has {len(images)} images, fewer than --batch-size {config.batch_size}")
+    spec = config.augment_spec()
+    if config.augment_mode == "batched":
+        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir)
+    return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
+
+
+def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepContext, batches: ViewBatches) -> tuple[int, int]:
+    tensors, meta = checkpoint.load(path)
+    if meta.get("kind") != "training":
+        raise UserError(f"checkpoint {path} holds no training state to resume (it is a {meta.get('kind')!r} file)")
+    mine, theirs = model_description(config), meta["model"]
+    if mine != theirs:
+        raise UserError(f"checkpoint {path} was written for {theirs} but this run builds {mine}")
+    checkpoint.load_model_state(model, checkpoint.model_tensors(tensors), path, f"{config.arch}")
+    checkpoint.restore_training(tensors, meta, ctx.optimizer, ctx.scheduler, getattr(batches, "generator", None), ctx.scaler)
+    return int(meta["epoch"]), int(meta["step"])
+
+
+def pretrain(config: PretrainConfig, resume: str | None = None) -> dict[str, Any]:
+    """Run (or continue) a pretraining; returns the last epoch's metrics and, with labelled data, the final report."""
+    rank, world = 0, 1
+    device = resolve_device(config.device)
+    dtype = autocast_dtype(config.precision, device)
+    seed_everything(config.seed + rank, config.deterministic)
+    run = RunLog(config.out_dir, writer_enabled=rank == 0)
+
+    batches = _view_batches(config, device, rank, world)
+    labelled = open_labelled_eval(config)
+    model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim)
+    model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
+    optimizer = build_optimizer(model, config.optimizer, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum)
+    total_steps = batches.steps_per_epoch * config.epochs
+    scheduler = warmup_cosine_scheduler(optimizer, total_steps, round(config.warmup_epochs * batches.steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    forward_model = torch.compile(model) if config.compile else model
+    ctx = StepContext(forward_model, build_loss(config.loss, config.temperature, config.margin), optimizer, scheduler,
+                      scaler, device, dtype, config.channels_last)
+
+    start_epoch, global_step = 0, 0
+    if resume:
+        path = run.latest_checkpoint() if resume == "latest" else Path(resume)
+        if path is None:
+            raise UserError(f"--resume: no checkpoint in {run.checkpoints} to resume from")
+        start_epoch, global_step = _restore(path, config, model, ctx, batches)
+        run.truncate_after(global_step)
+    run.write_config(config)
+
+    record: dict[str, Any] = {}
+    for epoch in range(start_epoch, config.epochs):
+        global_step, mean_loss = train_one_epoch(ctx, batches, epoch, global_step, run, config.progress and rank == 0)
+        record = {"step": global_step, "epoch": epoch + 1, "epoch_loss": mean_loss}
+        if labelled is not None and config.knn_every and ((epoch + 1) % config.knn_every == 0 or epoch + 1 == config.epochs):
+            record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature)
+        run.log(record)
+        info = {"config": _jsonable(config), "model": model_description(config), "epoch": epoch + 1, "step": global_step}
+        if rank == 0:
+            checkpoint.save_training(run.checkpoint_path(epoch + 1), model, optimizer, scheduler,
+                                     getattr(batches, "generator", None), info, scaler)
+            run.prune(config.keep_checkpoints)
+            run.plot()
+        if config.progress and rank == 0:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
+
+    if rank == 0:
+        export_encoder(run.dir / "encoder.safetensors", model, config)
+        if labelled is not None:
+            record["report"] = final_report(labelled, model.encoder, config, device, run.dir)
+    run.close()
+    return record
+
+
+def _jsonable(config: PretrainConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def export_encoder(path: Path, model: SimCLR, config: PretrainConfig) -> None:
+    """The encoder alone (what users carry into their work), loadable with `torchclr.load_encoder`."""
+    info = {"kind": "encoder", "model": model_description(config), "image_size": config.image_size,
+            "feature_dim": model.encoder.feature_dim, "config": _jsonable(config)}
+    checkpoint.save_atomically({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}, info, path)

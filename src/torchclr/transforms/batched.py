@@ -1,0 +1,258 @@
+"""The fast view family: a whole batch at once, on the batch's own device, with independent parameters per image.
+
+It draws from the same distributions as :func:`torchclr.transforms.view_transform` but needs no Python loop
+over images, so it can run in the training process (on the GPU, or next to the model on a small CPU).
+The colour ops take float images [N,3,H,W] in [0,1] and one factor per image, and compute what
+torchvision.transforms.v2.functional computes for each image with its factor.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from torchclr.transforms.spec import AugmentSpec
+
+PerImageOp = Callable[..., Tensor]
+
+_CROP_TRIES = 10  # as torchvision's RandomResizedCrop
+
+
+def _per_image(values: Tensor) -> Tensor:
+    """[N] values shaped to broadcast over [N,C,H,W]."""
+    return values.view(-1, 1, 1, 1)
+
+
+def rgb_to_grayscale(images: Tensor) -> Tensor:
+    """Luma [N,1,H,W] with torchvision's ITU-R 601-2 weights and order of operations."""
+    red, green, blue = images.unbind(dim=1)
+    return red.mul(0.2989).add_(green, alpha=0.587).add_(blue, alpha=0.114).unsqueeze(1)
+
+
+def _blend(images: Tensor, other: Tensor, factors: Tensor) -> Tensor:
+    """images·f + other·(1−f), clamped to [0,1] as torchvision clamps after every colour op."""
+    return torch.lerp(other, images, _per_image(factors)).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(images: Tensor, factors: Tensor) -> Tensor:
+    """Scale each image by its factor."""
+    return images.mul(_per_image(factors)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(images: Tensor, factors: Tensor) -> Tensor:
+    """Blend each image with the mean of its grayscale."""
+    return _blend(images, rgb_to_grayscale(images).mean(dim=(1, 2, 3), keepdim=True), factors)
+
+
+def adjust_saturation(images: Tensor, factors: Tensor) -> Tensor:
+    """Blend each image with its grayscale."""
+    return _blend(images, rgb_to_grayscale(images), factors)
+
+
+def adjust_hue(images: Tensor, shifts: Tensor) -> Tensor:
+    """Rotate each image's hue by its shift (in turns, within [-0.5, 0.5]) in HSV space, as torchvision.
+
+    HSV→RGB uses the closed form channel = V − C·clamp(min(k, 4−k), 0, 1) with k = (n + 6H) mod 6
+    and n = 5, 3, 1 for R, G, B: the same numbers as torchvision's sector table without its gather.
+    """
+    red, green, blue = images.unbind(dim=1)
+    value = images.amax(dim=1)
+    chroma = value - images.amin(dim=1)
+    # Hue in sixths of a turn, with torchvision's tie-breaking (red, then green, then blue is the maximum).
+    sector_offset = torch.where(
+        value == red,
+        green - blue,
+        torch.where(value == green, blue - red + 2 * chroma, red - green + 4 * chroma),
+    )
+    sixths = sector_offset.div_(torch.where(chroma > 0, chroma, 1.0)).add_(6 * shifts.view(-1, 1, 1))
+    channel_offsets = torch.tensor((5.0, 3.0, 1.0), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    k = (sixths.unsqueeze(1) + channel_offsets).remainder_(6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return value.unsqueeze(1) - chroma.unsqueeze(1) * ramp
+
+
+def gaussian_blur(images: Tensor, sigmas: Tensor, kernel_size: int) -> Tensor:
+    """Blur each image with its own sigma: torchvision's kernel and reflect padding, as two batched matmuls.
+
+    Matmuls with band matrices beat grouped convolutions on the CPU, and the reflection folds into the matrices.
+    """
+    height, width = images.shape[-2:]
+    across = _blur_matrices(sigmas, kernel_size, width)
+    down = across if height == width else _blur_matrices(sigmas, kernel_size, height)
+    return down.unsqueeze(1) @ (images @ across.transpose(1, 2).unsqueeze(1))
+
+
+def _blur_matrices(sigmas: Tensor, kernel_size: int, size: int) -> Tensor:
+    """[N, size, size]: row j holds the taps that make output pixel j, reflected at the borders."""
+    half = kernel_size // 2
+    limit = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
+    positions = torch.linspace(-limit, limit, kernel_size, dtype=sigmas.dtype, device=sigmas.device)
+    taps = torch.softmax(-(positions / sigmas.view(-1, 1)).square(), dim=1)
+    offsets = torch.arange(-half, half + 1, device=sigmas.device)
+    sources = (torch.arange(size, device=sigmas.device).view(-1, 1) + offsets).abs()
+    sources = torch.where(sources < size, sources, 2 * (size - 1) - sources)
+    count = len(sigmas)
+    matrices = sigmas.new_zeros(count, size, size)
+    return matrices.scatter_add_(2, sources.expand(count, -1, -1), taps.view(count, 1, -1).expand(-1, size, -1))
+
+
+def solarize(images: Tensor, threshold: float) -> Tensor:
+    """Invert the pixels at or above the threshold."""
+    return torch.where(images >= threshold, 1.0 - images, images)
+
+
+def sample_crop_boxes(
+    count: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Boxes [count, 4] (left, top, right, bottom) in pixels, drawn as torchvision's RandomResizedCrop draws them.
+
+    Each box takes the first of 10 tries (area uniform in scale·H·W, log-uniform aspect ratio) that fits
+    in the image, and the central crop when none does.
+    """
+    shape = (count, _CROP_TRIES)
+    areas = torch.empty(shape, device=device).uniform_(scale[0], scale[1], generator=generator) * (height * width)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    aspects = torch.empty(shape, device=device).uniform_(*log_ratio, generator=generator).exp_()
+    widths = (areas * aspects).sqrt_().round_()
+    heights = (areas / aspects).sqrt_().round_()
+    fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
+    first_fit = fits.int().argmax(dim=1, keepdim=True)
+    found = fits.any(dim=1)
+    fallback_width, fallback_height = _central_crop_size(height, width, ratio)
+    crop_width = torch.where(found, widths.gather(1, first_fit).squeeze(1), fallback_width)
+    crop_height = torch.where(found, heights.gather(1, first_fit).squeeze(1), fallback_height)
+    left = _random_offset(width - crop_width, found, generator)
+    top = _random_offset(height - crop_height, found, generator)
+    return torch.stack((left, top, left + crop_width, top + crop_height), dim=1)
+
+
+def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """RandomResizedCrop's fallback: the whole image, trimmed to the nearest allowed aspect ratio."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        return width, int(round(width / ratio[0]))
+    if in_ratio > ratio[1]:
+        return int(round(height * ratio[1])), height
+    return width, height
+
+
+def _random_offset(slack: Tensor, random: Tensor, generator: torch.Generator | None) -> Tensor:
+    """A uniform integer in [0, slack] where random is True, the centred slack // 2 elsewhere."""
+    uniform = torch.rand(slack.shape, device=slack.device, generator=generator)
+    drawn = torch.minimum((uniform * (slack + 1)).floor_(), slack)
+    return torch.where(random, drawn, torch.div(slack, 2, rounding_mode="floor"))
+
+
+def _flip(images: Tensor) -> Tensor:
+    return images.flip(-1)
+
+
+def _grayscale_rgb(images: Tensor) -> Tensor:
+    return rgb_to_grayscale(images).expand_as(images)
+
+
+def _apply_where(images: Tensor, chosen: Tensor, op: PerImageOp, *per_image: Tensor) -> None:
+    """Replace in place the chosen images by op(images, *their per-image values); the others cost nothing."""
+    index = chosen.nonzero().squeeze(1)
+    if index.numel() > 0:
+        selected = (values.index_select(0, index) for values in per_image)
+        images.index_copy_(0, index, op(images.index_select(0, index), *selected))
+
+
+class BatchAugment(nn.Module):
+    """SimCLR views of a batch [B,3,H,W] (uint8, or float in [0,1]) as float32 [B,3,S,S] in [0,1].
+
+    Every image gets its own crop, flip, jitter factors and order, grayscale, blur sigma and solarize draws;
+    all random numbers come from `generator` (or the default one) on the batch's device.
+    """
+
+    def __init__(self, spec: AugmentSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        brightness, contrast, saturation, hue = spec.jitter
+        self._jitter_ops: list[tuple[PerImageOp, float, float]] = [
+            (op, max(0.0, 1.0 - amplitude), 1.0 + amplitude)
+            for op, amplitude in (
+                (adjust_brightness, brightness),
+                (adjust_contrast, contrast),
+                (adjust_saturation, saturation),
+            )
+            if amplitude > 0
+        ]
+        if hue > 0:
+            self._jitter_ops.append((adjust_hue, -hue, hue))
+
+    def extra_repr(self) -> str:
+        return repr(self.spec)
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self._augment(images, 1, generator)
+
+    def two_views(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Two independent views of every image, drawn in one pass over a batch of 2B."""
+        first, second = self._augment(images, 2, generator).chunk(2)
+        return first, second
+
+    def _augment(self, images: Tensor, views: int, generator: torch.Generator | None) -> Tensor:
+        spec = self.spec
+        out = self._crop(images, views, generator)
+        count = len(out)
+
+        def drawn(probability: float) -> Tensor:
+            return torch.rand(count, device=out.device, generator=generator) < probability
+
+        def uniform(low: float, high: float) -> Tensor:
+            return torch.empty(count, device=out.device).uniform_(low, high, generator=generator)
+
+        if spec.flip_p > 0:
+            _apply_where(out, drawn(spec.flip_p), _flip)
+        if spec.jitter_p > 0 and self._jitter_ops:
+            applied = drawn(spec.jitter_p)
+            factors = [uniform(low, high) for _, low, high in self._jitter_ops]
+            order = torch.rand(count, len(factors), device=out.device, generator=generator).argsort(dim=1)
+            for position in range(len(factors)):
+                for index, ((op, _, _), factor) in enumerate(zip(self._jitter_ops, factors)):
+                    _apply_where(out, applied & (order[:, position] == index), op, factor)
+        if spec.grayscale_p > 0:
+            _apply_where(out, drawn(spec.grayscale_p), _grayscale_rgb)
+        if spec.effective_blur_p > 0:
+            blur = partial(gaussian_blur, kernel_size=spec.blur_kernel_size)
+            _apply_where(out, drawn(spec.effective_blur_p), blur, uniform(*spec.blur_sigma))
+        if spec.solarize_p > 0:
+            _apply_where(out, drawn(spec.solarize_p), partial(solarize, threshold=spec.solarize_threshold))
+        return out
+
+    def _crop(self, images: Tensor, views: int, generator: torch.Generator | None) -> Tensor:
+        """views random crops of every image, resized to S×S, as a new float32 tensor [views·B,3,S,S] in [0,1]."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a batch of RGB images [B,3,H,W], got shape {tuple(images.shape)}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise TypeError(f"expected uint8 or float images, got {images.dtype}")
+        batch, _, height, width = images.shape
+        size = self.spec.image_size
+        pixels = images.to(torch.float32)
+        if self.spec.crop:
+            count = views * batch
+            boxes = sample_crop_boxes(
+                count, height, width, self.spec.crop_scale, self.spec.crop_ratio, images.device, generator
+            )
+            source = torch.arange(count, device=images.device).remainder_(batch).to(boxes.dtype)
+            # Adaptive sampling averages ceil(crop/size)² bilinear samples per output pixel: an antialiasing box filter.
+            out = roi_align(pixels, torch.cat((source[:, None], boxes), dim=1), size, 1.0, -1, True)
+        else:
+            if (height, width) != (size, size):
+                pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out = pixels.repeat(views, 1, 1, 1)  # a copy, so that the in-place ops never touch the caller's tensor
+        return out.mul_(1.0 / 255) if images.dtype == torch.uint8 else out  # the very scaling of v2.ToDtype

@@ -1,0 +1,96 @@
+"""Two gloo processes on CPU must reproduce the single-process loss and, after DDP's averaging, its gradient."""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from torchclr import distributed
+from torchclr.loss import build_loss
+
+WORLD = 2
+IMAGES_PER_RANK = 3
+LOSS_NAMES = ("nt_xent", "nt_logistic", "margin_triplet")
+TIMEOUT_S = 60
+
+
+def full_batch() -> torch.Tensor:
+    """[view 1 of rank 0's and rank 1's images; view 2 of the same], as one process would hold them."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2 * WORLD * IMAGES_PER_RANK, 8, generator=generator, dtype=torch.float64)
+
+
+def local_rows(rank: int) -> torch.Tensor:
+    """Indices in full_batch() of rank's rows, in its own [view 1; view 2] layout."""
+    images = torch.arange(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
+    return torch.cat([images, images + WORLD * IMAGES_PER_RANK])
+
+
+def make_loss(name: str) -> torch.nn.Module:
+    return build_loss(name, temperature=0.2, margin=0.5)
+
+
+def worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30)
+    )
+    try:
+        results = {"world_size": distributed.world_size(), "rank": distributed.rank(), "main": distributed.is_main_process()}
+        for name in LOSS_NAMES:
+            z = full_batch()[local_rows(rank)].requires_grad_()
+            loss = make_loss(name)(z)
+            loss.backward()
+            results[name] = (loss.detach(), z.grad)
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("ranks")
+    context = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} gloo workers did not finish within {TIMEOUT_S} s")
+    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD)]
+
+
+def test_rank_queries(rank_results: list[dict]) -> None:
+    assert [(r["world_size"], r["rank"], r["main"]) for r in rank_results] == [(2, 0, True), (2, 1, False)]
+
+
+def test_rank_queries_without_process_group() -> None:
+    z = torch.randn(4, 3)
+    gathered, offset = distributed.gather_with_grad(z)
+    assert (distributed.world_size(), distributed.rank(), distributed.is_main_process()) == (1, 0, True)
+    assert gathered is z and offset == 0
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_two_ranks_match_one_process(rank_results: list[dict], name: str) -> None:
+    z = full_batch().requires_grad_()
+    single = make_loss(name)(z)
+    single.backward()
+    rank_losses = torch.stack([r[name][0] for r in rank_results])
+    torch.testing.assert_close(rank_losses.mean(), single.detach(), rtol=0, atol=1e-5)
+    for rank, result in enumerate(rank_results):
+        # Each rank's z gets world_size x its slice of the full-batch gradient; DDP's mean over ranks undoes the factor.
+        torch.testing.assert_close(result[name][1], WORLD * z.grad[local_rows(rank)], rtol=1e-6, atol=1e-9)
