@@ -51,6 +51,11 @@ def draw_views(implementation: str, spec: AugmentSpec, image: Tensor, count: int
     return BatchAugment(spec)(batch, torch.Generator().manual_seed(seed))
 
 
+def pipeline_ops(spec: AugmentSpec) -> list[object]:
+    """The ops of view_transform(spec), with those inside RandomApply taken out."""
+    return [op for step in view_transform(spec).transforms for op in getattr(step, "transforms", [step])]
+
+
 def as_float(image: Tensor) -> Tensor:
     return v2.functional.to_dtype(image, torch.float32, scale=True)
 
@@ -105,19 +110,14 @@ def test_blur_is_on_by_default_for_96_px_and_off_for_32_px(
 
 def test_blur_kernel_is_about_a_tenth_of_the_side() -> None:
     assert [AugmentSpec(image_size=s).blur_kernel_size for s in (32, 96, 224)] == [3, 11, 23]
-    blurs = [t for t in view_transform(AugmentSpec(image_size=96)).transforms if isinstance(t, v2.RandomApply)]
-    kernels = [t.transforms[0].kernel_size for t in blurs if isinstance(t.transforms[0], v2.GaussianBlur)]
-    assert kernels == [(11, 11)]
-    assert not any(isinstance(t, v2.GaussianBlur) for t in _flat_ops(view_transform(AugmentSpec(image_size=32))))
-
-
-def _flat_ops(pipeline: v2.Compose) -> list[object]:
-    return [op for step in pipeline.transforms for op in getattr(step, "transforms", [step])]
+    blurs = [op for op in pipeline_ops(AugmentSpec(image_size=96)) if isinstance(op, v2.GaussianBlur)]
+    assert [blur.kernel_size for blur in blurs] == [(11, 11)]
+    assert not any(isinstance(op, v2.GaussianBlur) for op in pipeline_ops(AugmentSpec(image_size=32)))
 
 
 def test_disabled_ops_are_left_out_of_the_pipeline() -> None:
-    ops = _flat_ops(view_transform(only(crop=True)))
-    assert [type(op) for op in ops] == [v2.ToImage, v2.RandomResizedCrop, v2.ToDtype, v2.ToPureTensor]
+    expected = [v2.ToImage, v2.RandomResizedCrop, v2.ToDtype, v2.ToPureTensor]
+    assert [type(op) for op in pipeline_ops(only(crop=True))] == expected
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -126,7 +126,7 @@ def test_crop_boxes_keep_the_spec_area_and_aspect_ratio(implementation: str) -> 
     height, width = 224, 224
     if implementation == "v2":
         torch.manual_seed(0)
-        crop = next(op for op in view_transform(spec).transforms if isinstance(op, v2.RandomResizedCrop))
+        crop = next(op for op in pipeline_ops(spec) if isinstance(op, v2.RandomResizedCrop))
         image = torch.zeros(3, height, width, dtype=torch.uint8)
         boxes = [crop.make_params([image]) for _ in range(DRAWS)]
         widths = torch.tensor([float(b["width"]) for b in boxes])

@@ -121,10 +121,13 @@ def sample_crop_boxes(
     Each box takes the first of 10 tries (area uniform in scale·H·W, log-uniform aspect ratio) that fits
     in the image, and the central crop when none does.
     """
-    shape = (count, _CROP_TRIES)
-    areas = torch.empty(shape, device=device).uniform_(scale[0], scale[1], generator=generator) * (height * width)
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    aspects = torch.empty(shape, device=device).uniform_(*log_ratio, generator=generator).exp_()
+
+    def tries(low: float, high: float) -> Tensor:
+        draws = torch.empty(count, _CROP_TRIES, dtype=torch.float32, device=device)
+        return draws.uniform_(low, high, generator=generator)
+
+    areas = tries(*scale).mul_(height * width)
+    aspects = tries(math.log(ratio[0]), math.log(ratio[1])).exp_()
     widths = (areas * aspects).sqrt_().round_()
     heights = (areas / aspects).sqrt_().round_()
     fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
@@ -148,11 +151,11 @@ def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> t
     return width, height
 
 
-def _random_offset(slack: Tensor, random: Tensor, generator: torch.Generator | None) -> Tensor:
-    """A uniform integer in [0, slack] where random is True, the centred slack // 2 elsewhere."""
-    uniform = torch.rand(slack.shape, device=slack.device, generator=generator)
-    drawn = torch.minimum((uniform * (slack + 1)).floor_(), slack)
-    return torch.where(random, drawn, torch.div(slack, 2, rounding_mode="floor"))
+def _random_offset(slack: Tensor, is_random: Tensor, generator: torch.Generator | None) -> Tensor:
+    """A uniform integer in [0, slack] where is_random, the centred slack // 2 elsewhere."""
+    uniform = torch.rand(slack.shape, dtype=slack.dtype, device=slack.device, generator=generator)
+    drawn = torch.minimum((uniform * (slack + 1)).floor_(), slack)  # rounding may reach slack + 1
+    return torch.where(is_random, drawn, torch.div(slack, 2, rounding_mode="floor"))
 
 
 def _flip(images: Tensor) -> Tensor:
@@ -214,7 +217,7 @@ class BatchAugment(nn.Module):
             return torch.rand(count, device=out.device, generator=generator) < probability
 
         def uniform(low: float, high: float) -> Tensor:
-            return torch.empty(count, device=out.device).uniform_(low, high, generator=generator)
+            return out.new_empty(count).uniform_(low, high, generator=generator)
 
         if spec.flip_p > 0:
             _apply_where(out, drawn(spec.flip_p), _flip)
@@ -249,7 +252,8 @@ class BatchAugment(nn.Module):
                 count, height, width, self.spec.crop_scale, self.spec.crop_ratio, images.device, generator
             )
             source = torch.arange(count, device=images.device).remainder_(batch).to(boxes.dtype)
-            # Adaptive sampling averages ceil(crop/size)² bilinear samples per output pixel: an antialiasing box filter.
+            # Adaptive sampling averages ceil(crop/size)² bilinear samples per output pixel: a box filter
+            # against aliasing where the crop is larger than the view (RandomResizedCrop uses a triangle).
             out = roi_align(pixels, torch.cat((source[:, None], boxes), dim=1), size, 1.0, -1, True)
         else:
             if (height, width) != (size, size):
