@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import socket
+import time
 import zipfile
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
+import torch.multiprocessing as mp
 from PIL import Image
 
 CLASSES = ("circle", "stripes")
@@ -55,3 +59,44 @@ def png_bytes(image: Image.Image) -> bytes:
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 train and 16 test images in two classes, 32 px."""
     return write_image_folder(tmp_path_factory.mktemp("tiny"), {"train": 32, "test": 8})
+
+
+@pytest.fixture(scope="session")
+def few_images_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 train and 8 test images in two classes, 32 px: two steps of 8 per epoch, for runs of several processes."""
+    return write_image_folder(tmp_path_factory.mktemp("few"), {"train": 8, "test": 4})
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports nobody listens on now (all held open at once, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture
+def free_ports() -> list[int]:
+    """Two free TCP ports, for the rendezvous of two process groups."""
+    return _free_ports(2)
+
+
+@pytest.fixture(scope="session")
+def spawn_ranks() -> Callable[..., None]:
+    """`spawn_ranks(worker, args, world, timeout_s)` runs `worker(rank, port, *args)` in `world` fresh processes
+    (port: for init_process_group's tcp:// rendezvous) and fails the test, killing them, if they take longer."""
+
+    def run(worker: Callable[..., None], args: tuple[Any, ...], world: int = 2, timeout_s: float = 60) -> None:
+        context = mp.start_processes(worker, args=(_free_ports(1)[0], *args), nprocs=world, join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail(f"the {world} workers did not finish within {timeout_s} s")
+
+    return run

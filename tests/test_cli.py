@@ -14,7 +14,7 @@ from torchclr import checkpoint
 from torchclr.cli import main
 
 FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "0.3", "--warmup-epochs", "0.5", "--knn-k", "5",
-        "--no-progress", "--seed", "3"]
+        "--no-progress", "--seed", "3", "--no-cifar-stem"]
 
 
 def _run(tmp_path: Path, data: Path, name: str, *extra: str) -> Path:

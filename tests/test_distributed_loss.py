@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from torchclr import distributed
 from torchclr.loss import build_loss
@@ -54,22 +52,10 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def rank_results(tmp_path_factory: pytest.TempPathFactory, spawn_ranks: Callable[..., None]) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ranks")
-    context = mp.start_processes(worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD} gloo workers did not finish within {TIMEOUT_S} s")
+    spawn_ranks(worker, (str(out_dir),), WORLD, TIMEOUT_S)
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD)]
 
 

@@ -121,8 +121,10 @@ def save_training(
     augment_generator: torch.Generator | None,
     info: dict[str, Any],
     scaler: torch.amp.GradScaler | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Everything `--resume` needs; `info` carries the config, the architecture and the epoch/step."""
+    """Everything `--resume` needs; `info` carries the config, the architecture and the epoch/step,
+    `extra_tensors` whatever else the caller restores itself (e.g. each process's RNG state)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state(augment_generator)
@@ -134,7 +136,7 @@ def save_training(
         rng=rng_meta,
         scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     )
-    save_atomically({**tensors, **optim_tensors, **rng_tensors}, metadata, path)
+    save_atomically({**tensors, **optim_tensors, **rng_tensors, **(extra_tensors or {})}, metadata, path)
 
 
 def model_tensors(tensors: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ import yaml
 from torchclr.errors import UserError
 from torchclr.transforms.spec import AugmentSpec
 
-PRESETS = ("cifar10", "imagenet")
+PRESETS = ("quickstart", "cifar10", "imagenet")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -78,6 +78,13 @@ class PretrainConfig:
     channels_last: bool = _opt(True, "channels-last memory format for the convolutions")
     seed: int = _opt(0, "random seed")
     deterministic: bool = _opt(False, "deterministic algorithms (bit-exact resume, slower)")
+    grad_cache_chunk: int | None = _opt(None, "gradient caching: run the network on chunks of this many images per process "
+                                        "and get the exact gradient of the whole batch with the memory of one chunk "
+                                        "(slower: each chunk runs forward twice); default: off")
+    # several processes (torchrun)
+    sync_bn: bool = _opt(True, "under torchrun, BatchNorm statistics over the global batch (off: over each process's share)")
+    dist_timeout: float = _opt(1800.0, "under torchrun, seconds a process waits for the others before it stops with an "
+                               "error (a dead or stalled process); must exceed the kNN monitor's time on rank 0")
     # output and monitoring
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
     keep_checkpoints: int = _opt(2, "epoch checkpoints to keep (older ones are deleted; 0 keeps all)")
@@ -99,8 +106,8 @@ class PretrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("temperature", "knn_temperature", "lr"):
-            if getattr(self, name) <= 0:
+        for name in ("temperature", "knn_temperature", "lr", "dist_timeout", "grad_cache_chunk"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every"):
             if getattr(self, name) < 0:

@@ -1,7 +1,9 @@
 """SimCLR pretraining: two views per image, encoder + head, contrastive loss, LARS, warm-up + cosine.
 
 The loop is deliberately plain (see `train_one_epoch`); everything around it - data, checkpoints,
-monitoring - lives in its own module.
+monitoring, processes - lives in its own module. Under torchrun every process runs `pretrain`: the model is
+wrapped in DDP (global BN by default), the loss sees the embeddings of all processes, and rank 0 alone writes
+the run folder and runs the kNN monitor while the others wait.
 """
 
 from __future__ import annotations
@@ -18,29 +20,37 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from torchclr import checkpoint
+from torchclr import checkpoint, distributed
 from torchclr.config import PretrainConfig
 from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
 from torchclr.data.sources import open_images
 from torchclr.errors import UserError
-from torchclr.evaluate.monitor import LabelledEval, final_report, open_labelled_eval
+from torchclr.evaluate.monitor import final_report, open_labelled_eval
+from torchclr.gradcache import grad_cache_backward
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr
 from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
 from torchclr.runlog import RunLog
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' and 'cuda' mean this process's GPU (torchrun's LOCAL_RANK; 0 in a single process); 'cuda:1' is taken as said."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device name (try cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+    if device.type == "cuda" and device.index is None:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: process {local_rank} on this machine has no GPU of its own "
+                            f"({torch.cuda.device_count()} visible); start at most that many per machine")
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -84,18 +94,30 @@ class StepContext:
     device: torch.device
     dtype: torch.dtype | None
     channels_last: bool
+    grad_cache_chunk: int | None = None
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """z for a batch of [view 1; view 2] images, under the run's autocast and memory format."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            return self.model(images)[1]
 
 
 def training_step(ctx: StepContext, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """One step on a batch of view pairs; both views go through the network as one batch (BN sees 2N)."""
-    images = torch.cat([first, second])
-    if ctx.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(ctx.device.type, dtype=ctx.dtype or torch.float32, enabled=ctx.dtype is not None):
-        _, z = ctx.model(images)
-        loss = ctx.loss_fn(z)
+    """One step on a batch of view pairs; both views go through the network as one batch (BN sees 2N),
+    or, with gradient caching, chunk by chunk with the same gradient (see `torchclr.gradcache`)."""
     ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(loss).backward()
+    if ctx.grad_cache_chunk and ctx.grad_cache_chunk < len(first):
+        loss = grad_cache_backward(ctx.model, ctx.embed, ctx.loss_fn, first, second, ctx.grad_cache_chunk, ctx.scaler.scale)
+    else:
+        z = ctx.embed(torch.cat([first, second]))
+        with ctx.autocast():
+            loss = ctx.loss_fn(z)
+        ctx.scaler.scale(loss).backward()
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
     ctx.scheduler.step()
@@ -103,7 +125,7 @@ def training_step(ctx: StepContext, first: torch.Tensor, second: torch.Tensor) -
 
 
 def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_step: int, run: RunLog, progress: bool) -> tuple[int, float]:
-    """Returns the step count after the epoch and the epoch's mean loss."""
+    """Returns the step count after the epoch and the epoch's mean loss (over all processes)."""
     log_every = max(1, batches.steps_per_epoch // 10)
     total, count, start = torch.zeros((), device=ctx.device), 0, time.perf_counter()
     bar = tqdm(total=batches.steps_per_epoch, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
@@ -116,12 +138,12 @@ def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_s
         global_step += 1
         bar.update(1)
         if count % log_every == 0 or count == batches.steps_per_epoch:
-            images_per_s = count * len(first) / (time.perf_counter() - start)
-            value, lr = loss.item(), ctx.optimizer.param_groups[0]["lr"]
+            images_per_s = count * len(first) * distributed.world_size() / (time.perf_counter() - start)
+            value, lr = distributed.mean_over_ranks(loss).item(), ctx.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}")
             run.log({"step": global_step, "epoch": epoch + 1, "loss": value, "lr": lr, "images_per_s": images_per_s})
     bar.close()
-    return global_step, (total / max(count, 1)).item()
+    return global_step, distributed.mean_over_ranks(total / max(count, 1)).item()
 
 
 def _view_batches(config: PretrainConfig, device: torch.device, rank: int, world: int) -> ViewBatches:
@@ -137,6 +159,33 @@ def _view_batches(config: PretrainConfig, device: torch.device, rank: int, world
     return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
 
 
+def wrap_for_training(model: SimCLR, device: torch.device, sync_bn: bool, compile: bool) -> tuple[SimCLR, nn.Module]:
+    """(the bare network, for checkpoints, the kNN monitor and export; the module a step calls).
+
+    Under several processes: global BN (if `sync_bn`) and DDP, which starts every rank from rank 0's weights and
+    averages the gradients; then torch.compile if asked.
+    """
+    several = distributed.world_size() > 1
+    if several and sync_bn:
+        model = distributed.global_batchnorm(model, device)
+    forward_model: nn.Module = model
+    if several:
+        forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, torch.compile(forward_model) if compile else forward_model
+
+
+def _rank_key(rank: int) -> str:
+    return f"rng.augment.rank{rank}"
+
+
+def _augment_states(batches: ViewBatches) -> dict[str, torch.Tensor]:
+    """Every process's augmentation RNG state (each rank draws its own stream), for rank 0 to save; a collective."""
+    generator = getattr(batches, "generator", None)
+    if generator is None or distributed.world_size() == 1:
+        return {}
+    return {_rank_key(r): state for r, state in enumerate(distributed.all_gather_objects(generator.get_state()))}
+
+
 def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepContext, batches: ViewBatches) -> tuple[int, int]:
     tensors, meta = checkpoint.load(path)
     if meta.get("kind") != "training":
@@ -145,34 +194,49 @@ def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepCont
     if mine != theirs:
         raise UserError(f"checkpoint {path} was written for {theirs} but this run builds {mine}")
     checkpoint.load_model_state(model, checkpoint.model_tensors(tensors), path, f"{config.arch}")
-    checkpoint.restore_training(tensors, meta, ctx.optimizer, ctx.scheduler, getattr(batches, "generator", None), ctx.scaler)
+    # rng.augment is rank 0's augmentation stream; every other rank takes its own, or keeps its fresh seed when
+    # the checkpoint comes from a run with fewer processes.
+    rank, generator = distributed.rank(), getattr(batches, "generator", None)
+    checkpoint.restore_training(tensors, meta, ctx.optimizer, ctx.scheduler, generator if rank == 0 else None, ctx.scaler)
+    own_state = tensors.get(_rank_key(rank))
+    if generator is not None and own_state is not None:
+        generator.set_state(own_state)
     return int(meta["epoch"]), int(meta["step"])
 
 
 def pretrain(config: PretrainConfig, resume: str | None = None) -> dict[str, Any]:
-    """Run (or continue) a pretraining; returns the last epoch's metrics and, with labelled data, the final report."""
-    rank, world = 0, 1
-    device = resolve_device(config.device)
+    """Run (or continue) a pretraining; returns the last epoch's metrics and, with labelled data, the final report.
+
+    Under torchrun each process calls this; it joins the process group for the run and leaves it at the end.
+    """
+    device = resolve_device(config.device, distributed.local_rank())
+    with distributed.process_group(device, config.dist_timeout):
+        return _pretrain(config, resume, device)
+
+
+def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device) -> dict[str, Any]:
+    rank, world = distributed.rank(), distributed.world_size()
     dtype = autocast_dtype(config.precision, device)
     seed_everything(config.seed + rank, config.deterministic)
     run = RunLog(config.out_dir, writer_enabled=rank == 0)
 
     batches = _view_batches(config, device, rank, world)
-    labelled = open_labelled_eval(config)
+    labelled = open_labelled_eval(config) if rank == 0 else None
     model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim)
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    model, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
     lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     optimizer = build_optimizer(model, config.optimizer, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum)
     total_steps = batches.steps_per_epoch * config.epochs
     scheduler = warmup_cosine_scheduler(optimizer, total_steps, round(config.warmup_epochs * batches.steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    forward_model = torch.compile(model) if config.compile else model
     ctx = StepContext(forward_model, build_loss(config.loss, config.temperature, config.margin), optimizer, scheduler,
-                      scaler, device, dtype, config.channels_last)
+                      scaler, device, dtype, config.channels_last, config.grad_cache_chunk)
 
     start_epoch, global_step = 0, 0
     if resume:
-        path = run.latest_checkpoint() if resume == "latest" else Path(resume)
+        # Rank 0 picks the file, so that every process continues from the same epoch.
+        path = distributed.all_gather_objects(run.latest_checkpoint() if resume == "latest" else Path(resume))[0]
         if path is None:
             raise UserError(f"--resume: no checkpoint in {run.checkpoints} to resume from")
         start_epoch, global_step = _restore(path, config, model, ctx, batches)
@@ -183,18 +247,20 @@ def pretrain(config: PretrainConfig, resume: str | None = None) -> dict[str, Any
     for epoch in range(start_epoch, config.epochs):
         global_step, mean_loss = train_one_epoch(ctx, batches, epoch, global_step, run, config.progress and rank == 0)
         record = {"step": global_step, "epoch": epoch + 1, "epoch_loss": mean_loss}
-        if labelled is not None and config.knn_every and ((epoch + 1) % config.knn_every == 0 or epoch + 1 == config.epochs):
-            record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature)
-        run.log(record)
-        info = {"config": _jsonable(config), "model": model_description(config), "epoch": epoch + 1, "step": global_step}
+        augment_states = _augment_states(batches)
         if rank == 0:
+            if labelled is not None and config.knn_every and ((epoch + 1) % config.knn_every == 0 or epoch + 1 == config.epochs):
+                record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature)
+            run.log(record)
+            info = {"config": _jsonable(config), "model": model_description(config), "epoch": epoch + 1, "step": global_step}
             checkpoint.save_training(run.checkpoint_path(epoch + 1), model, optimizer, scheduler,
-                                     getattr(batches, "generator", None), info, scaler)
+                                     getattr(batches, "generator", None), info, scaler, augment_states)
             run.prune(config.keep_checkpoints)
             run.plot()
-        if config.progress and rank == 0:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
+            if config.progress:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
+                tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
+        distributed.barrier()  # the others wait here while rank 0 runs the monitor and saves
 
     if rank == 0:
         export_encoder(run.dir / "encoder.safetensors", model, config)
