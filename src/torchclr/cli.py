@@ -63,7 +63,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     encoder, meta = load_encoder(args.checkpoint)
     config = meta["config"]
     spec = args.data or config.eval_data or config.data
-    labelled = LabelledEval.open(spec, config.image_size, args.download)
+    labelled = LabelledEval.open(spec, config.image_size, args.download, test_split=config.eval_split)
     encoder = encoder.to(device)
     encoders = {f"SimCLR ({args.checkpoint})"[:28]: encoder}
     if args.compare_random:

@@ -35,6 +35,7 @@ class PretrainConfig:
                      "cifar10:DIR, cifar100:DIR, stl10:DIR, or 'sample' (the CIFAR-10 sample shipped with torchclr)")
     train_split: str = _opt("train", "split of --data to pretrain on (a sub-folder name; for stl10 e.g. 'train+unlabeled')")
     eval_data: str | None = _opt(None, "labelled data with train/test splits for the kNN monitor; default: --data when it has them")
+    eval_split: str = _opt("test", "split of the labelled data to report accuracy on (e.g. 'val' for ImageNet)")
     image_size: int = _opt(32, "side of the square views fed to the encoder, in pixels")
     augment_mode: str = _opt("batched", "'batched': decode once, augment whole batches on the training device (fast); "
                              "'per-image': torchvision v2 per image in DataLoader workers (the reference)", ("batched", "per-image"))

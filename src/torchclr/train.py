@@ -9,7 +9,6 @@ the run folder and runs the kNN monitor while the others wait.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import time

@@ -55,10 +55,10 @@ def _labels(images: ImageSet) -> torch.Tensor:
 def open_labelled_eval(config: Any) -> LabelledEval | None:
     """The explicit --eval-data, else --data when it has labelled train and test splits, else None."""
     if config.eval_data:
-        return LabelledEval.open(config.eval_data, config.image_size, config.download)
-    if has_split(config.data, "test"):
+        return LabelledEval.open(config.eval_data, config.image_size, config.download, test_split=config.eval_split)
+    if has_split(config.data, config.eval_split):
         try:
-            return LabelledEval.open(config.data, config.image_size, config.download)
+            return LabelledEval.open(config.data, config.image_size, config.download, test_split=config.eval_split)
         except UserError:
             return None
     return None
