@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from itertools import chain, count
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -51,7 +52,7 @@ class Contender(Protocol):
     precision: str
 
     def batches(self, round_index: int) -> Iterator[Any]:
-        """A fresh stream of training batches (its data path: augmentation, workers) for one round."""
+        """A fresh, endless stream of training batches, epoch after epoch, through the contender's own data path."""
         ...
 
     def step(self, batch: Any) -> torch.Tensor:
@@ -82,7 +83,7 @@ class Torchclr:
         )
 
     def batches(self, round_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.views.epoch(round_index)
+        return chain.from_iterable(self.views.epoch(epoch) for epoch in count(round_index))
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return training_step(self.ctx, *batch)
@@ -127,7 +128,7 @@ class Lightly:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
 
     def batches(self, round_index: int) -> Iterator[Any]:
-        return iter(self.loader)
+        return chain.from_iterable(iter(self.loader) for _ in count())  # each epoch starts its workers anew, as in training
 
     def step(self, batch: Any) -> torch.Tensor:
         (first, second), _ = batch
@@ -309,7 +310,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256, help="pairs per step")
     parser.add_argument("--workers", type=int, default=default_workers(), help="lightly's DataLoader workers (default: %(default)s, as torchclr's reference path)")
     parser.add_argument("--contenders", default="torchclr,lightly,lightly+bf16", help=f"comma-separated, from {', '.join(CONTENDERS)}")
-    parser.add_argument("--rounds", type=int, default=2, help="turns each contender takes (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each contender takes (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per turn (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each turn (default: %(default)s)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
@@ -336,8 +337,6 @@ def main() -> None:
     import lightly
 
     images = open_subset(config.data, args.limit)
-    if (args.warmup + args.steps) * config.batch_size > len(images):
-        raise SystemExit(f"{args.warmup} + {args.steps} steps of {config.batch_size} pairs need more than {len(images)} images")
     gflop = flop_per_pair(config) / 1e9
     accelerator = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     stem = "CIFAR stem" if build_encoder(config.arch, config.image_size, config.cifar_stem).cifar_stem else "ImageNet stem"
