@@ -41,6 +41,12 @@ def test_pretrain_writes_a_complete_run_folder(tmp_path: Path, tiny_folder: Path
     assert set(results) == {f"SimCLR ({out / 'encoder.safetensors'})"[:28], "random weights"}
     assert all(0 <= r["top1"] <= 100 for r in results.values())
 
+    assert main(["evaluate", "--checkpoint", str(out / "encoder.safetensors"), "--protocol", "finetune", "--label-fraction",
+                 "0.25", "--finetune-epochs", "2", "--no-compare-random", "--json", str(tmp_path / "finetune.json")]) == 0
+    (result,) = json.loads((tmp_path / "finetune.json").read_text()).values()
+    assert result["labelled_images"] == 16 and result["epochs"] == 2 and 0 <= result["top1"] <= 100  # a quarter of 64
+    assert "fine-tuning on 0.25 of the labels" in capsys.readouterr().out
+
 
 def test_resume_continues_exactly(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run stopped after epoch 1 and resumed writes the same epoch-2 checkpoint as an uninterrupted run."""
@@ -78,6 +84,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
     (["pretrain", "--optimizer", "adam"], "--optimizer"),
     (["pretrain", "--epochs", "-3"], "--epochs"),
     (["evaluate", "--checkpoint", "/no/such.safetensors"], "/no/such.safetensors"),
+    (["evaluate", "--checkpoint", "/no/such.safetensors", "--protocol", "finetune", "--label-fraction", "0"], "--label-fraction"),
 ])
 def test_bad_input_is_one_line_and_nonzero(argv: list[str], needle: str) -> None:
     result = _cli(*argv)

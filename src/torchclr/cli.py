@@ -30,12 +30,23 @@ def _build_parser() -> argparse.ArgumentParser:
     config_module.add_arguments(pretrain)
 
     evaluate = commands.add_parser(
-        "evaluate", help="linear probe or kNN of a trained encoder on labelled data",
-        description="Evaluate the frozen representation h of a checkpoint (training checkpoint or encoder.safetensors).",
+        "evaluate", help="linear probe, kNN or fine-tuning of a trained encoder on labelled data (its own or another: transfer)",
+        description="Evaluate the encoder of a checkpoint (training checkpoint or encoder.safetensors): its frozen "
+        "representation h (linear, knn) or the whole encoder fine-tuned on a share of the labels (finetune). "
+        "Give --data another labelled data set to measure transfer.",
     )
     evaluate.add_argument("--checkpoint", required=True, help="a .safetensors file written by torchclr pretrain")
-    evaluate.add_argument("--protocol", choices=("linear", "knn"), default="linear", help="linear probe on cached h, or weighted kNN (default: linear)")
+    evaluate.add_argument("--protocol", choices=("linear", "knn", "finetune"), default="linear",
+                          help="linear probe on cached h, weighted kNN, or fine-tuning the whole encoder on --label-fraction "
+                          "of the training labels (the paper's semi-supervised protocol) (default: linear)")
+    evaluate.add_argument("--label-fraction", type=float, default=0.1,
+                          help="for --protocol finetune: class-balanced share of the training labels to use, e.g. 0.01 or 0.1 (default: 0.1)")
+    evaluate.add_argument("--finetune-epochs", type=int, default=None,
+                          help="for --protocol finetune: epochs over the labelled share (default: the paper's, 60 for 1%% and 30 for 10%%)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the labelled share and of fine-tuning (default: 0)")
     evaluate.add_argument("--data", help="labelled data with train/test splits (default: the data the checkpoint was trained on)")
+    evaluate.add_argument("--eval-split", help="split of the labelled data to report on (default: the checkpoint's "
+                          "--eval-split for its own data, 'test' for other --data)")
     evaluate.add_argument("--compare-random", action=argparse.BooleanOptionalAction, default=True,
                           help="also evaluate the same architecture with random weights (default: on)")
     evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
@@ -53,23 +64,27 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from torchclr.evaluate.finetune import FinetuneSettings
     from torchclr.evaluate.monitor import LabelledEval, evaluate_encoders, format_table, random_twin
     from torchclr.pretrained import load_encoder
     from torchclr.train import resolve_device
 
     if args.knn_k <= 0 or args.knn_temperature <= 0:
         raise UserError("--knn-k and --knn-temperature must be > 0")
+    finetune_settings = FinetuneSettings(args.label_fraction, args.finetune_epochs, seed=args.seed)
     device = resolve_device(args.device)
     encoder, meta = load_encoder(args.checkpoint)
     config = meta["config"]
     spec = args.data or config.eval_data or config.data
-    labelled = LabelledEval.open(spec, config.image_size, args.download, test_split=config.eval_split)
+    test_split = args.eval_split or (config.eval_split if not args.data else "test")
+    labelled = LabelledEval.open(spec, config.image_size, args.download, test_split=test_split)
     encoder = encoder.to(device)
     encoders = {f"SimCLR ({args.checkpoint})"[:28]: encoder}
     if args.compare_random:
         encoders["random weights"] = random_twin(encoder, config)
-    results = evaluate_encoders(labelled, encoders, device, args.protocol, args.knn_k, args.knn_temperature)
-    print(format_table(results, args.protocol, spec))
+    results = evaluate_encoders(labelled, encoders, device, args.protocol, args.knn_k, args.knn_temperature, finetune_settings)
+    title = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else args.protocol
+    print(format_table(results, title, labelled))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -13,6 +13,7 @@ from torch import nn
 from torchclr.data.sources import ImageSet, has_split, open_images
 from torchclr.errors import UserError
 from torchclr.evaluate.features import eval_images, extract_features
+from torchclr.evaluate.finetune import FinetuneSettings, finetune
 from torchclr.evaluate.knn import accuracy, knn_predict
 from torchclr.evaluate.linear import linear_probe
 from torchclr.models import build_encoder
@@ -28,6 +29,7 @@ class LabelledEval:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
+    test_split: str = "test"
 
     @classmethod
     def open(cls, spec: str, image_size: int, download: bool = False, train_split: str = "train", test_split: str = "test") -> "LabelledEval":
@@ -37,7 +39,8 @@ class LabelledEval:
                 raise UserError(f"evaluation data {images.origin} ({split}) has no labels: it needs class sub-folders")
         if train.classes != test.classes:
             raise UserError(f"evaluation data {spec}: the {train_split} and {test_split} splits have different classes")
-        return cls(spec, eval_images(train, image_size), _labels(train), eval_images(test, image_size), _labels(test), len(train.classes))
+        return cls(spec, eval_images(train, image_size), _labels(train), eval_images(test, image_size), _labels(test),
+                   len(train.classes), test_split)
 
     def features(self, encoder: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return extract_features(encoder, self.train_images, device), extract_features(encoder, self.test_images, device)
@@ -65,10 +68,15 @@ def open_labelled_eval(config: Any) -> LabelledEval | None:
 
 
 def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], device: torch.device, protocol: str,
-                      knn_k: int = 200, knn_temperature: float = 0.1) -> dict[str, dict[str, float]]:
-    """Linear probe or kNN for each named encoder, on the same images."""
+                      knn_k: int = 200, knn_temperature: float = 0.1,
+                      finetune_settings: FinetuneSettings | None = None) -> dict[str, dict[str, float]]:
+    """Linear probe, kNN or fine-tuning on a share of the labels, for each named encoder, on the same images."""
     results = {}
     for name, encoder in encoders.items():
+        if protocol == "finetune":
+            results[name] = finetune(encoder, labelled.train_images, labelled.train_labels, labelled.test_images,
+                                     labelled.test_labels, labelled.num_classes, finetune_settings or FinetuneSettings(), device)
+            continue
         train, test = labelled.features(encoder, device)
         if protocol == "linear":
             result = linear_probe(train, labelled.train_labels, test, labelled.test_labels, labelled.num_classes)
@@ -79,8 +87,8 @@ def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], de
     return results
 
 
-def format_table(results: dict[str, dict[str, float]], protocol: str, origin: str) -> str:
-    lines = [f"{protocol} evaluation on {origin} (test split)", f"{'encoder':<28}{'top-1 %':>9}{'top-5 %':>9}"]
+def format_table(results: dict[str, dict[str, float]], protocol: str, labelled: LabelledEval) -> str:
+    lines = [f"{protocol} evaluation on {labelled.origin} ({labelled.test_split} split)", f"{'encoder':<28}{'top-1 %':>9}{'top-5 %':>9}"]
     lines += [f"{name:<28}{r['top1']:>9.2f}{r['top5']:>9.2f}" for name, r in results.items()]
     return "\n".join(lines)
 
@@ -94,6 +102,6 @@ def random_twin(encoder: nn.Module, config: Any) -> nn.Module:
 def final_report(labelled: LabelledEval, encoder: nn.Module, config: Any, device: torch.device, run_dir: Path) -> dict:
     """Linear probe of the trained encoder beside random weights; printed and saved as linear_eval.json."""
     results = evaluate_encoders(labelled, {"SimCLR (this run)": encoder, "random weights": random_twin(encoder, config)}, device, "linear")
-    print(format_table(results, "linear", labelled.origin), flush=True)
+    print(format_table(results, "linear", labelled), flush=True)
     (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
     return results
