@@ -117,3 +117,17 @@ def test_checkpoint_from_another_architecture(tmp_path: Path, tiny_folder: Path)
                   "--batch-size", "16", "--warmup-epochs", "0", "--no-progress")
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "resnet18" in lines[0] and "resnet34" in lines[0]
+
+
+def test_a_diverging_run_stops_with_one_line_before_its_checkpoint(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    import torchclr.train
+
+    def nan_loss(*_: object) -> torch.nn.Module:
+        return lambda z: z.float().sum() * float("nan")
+
+    monkeypatch.setattr(torchclr.train, "build_loss", nan_loss)
+    out = tmp_path / "nan"
+    assert main(["pretrain", "--data", str(tiny_folder), "--out-dir", str(out), *FAST]) == 2
+    assert "loss became nan" in capsys.readouterr().err
+    assert not list((out / "checkpoints").glob("*.safetensors"))

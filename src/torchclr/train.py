@@ -9,6 +9,7 @@ the run folder and runs the kNN monitor while the others wait.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import time
@@ -130,15 +131,17 @@ def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_s
     bar = tqdm(total=batches.steps_per_epoch, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
     for first, second in batches.epoch(epoch):
         loss = training_step(ctx, first, second)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {global_step}; lower --lr or raise --temperature")
         total += loss
         count += 1
         global_step += 1
         bar.update(1)
         if count % log_every == 0 or count == batches.steps_per_epoch:
-            images_per_s = count * len(first) * distributed.world_size() / (time.perf_counter() - start)
+            # Checked here, not every step, to keep the device from waiting on the host; every rank sees the same
+            # mean, so all stop together, and before this epoch's checkpoint: the last good one stays the latest.
             value, lr = distributed.mean_over_ranks(loss).item(), ctx.optimizer.param_groups[0]["lr"]
+            if not math.isfinite(value):
+                raise UserError(f"loss became {value} by step {global_step}; lower --lr or raise --temperature")
+            images_per_s = count * len(first) * distributed.world_size() / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}")
             run.log({"step": global_step, "epoch": epoch + 1, "loss": value, "lr": lr, "images_per_s": images_per_s})
     bar.close()
