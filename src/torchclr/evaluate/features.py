@@ -27,7 +27,10 @@ def _centre(side: int, size: int) -> slice:
 def extract_features(
     encoder: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512, autocast_dtype: torch.dtype | None = torch.bfloat16
 ) -> torch.Tensor:
-    """h for every image (float32 [N, d], on the CPU), with the encoder in eval mode (BN running statistics)."""
+    """h for every image (float32 [N, d], on the CPU), with the encoder in eval mode (BN running statistics).
+
+    Any network on [0, 1] images will do: given an encoder with a classifier, this returns class scores.
+    """
     was_training = encoder.training
     encoder.eval()
     out = []

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchclr.errors import UserError
+from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
 from torchclr.models import ResNetEncoder
 from torchclr.optim import parameter_groups, scaled_lr, warmup_cosine_scheduler
@@ -67,17 +68,6 @@ class Classifier(nn.Module):
         return self.fc(self.encoder(images))
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None, batch_size: int = 512) -> torch.Tensor:
-    model.eval()
-    scores = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            scores.append(model(batch).float().cpu())
-    return torch.cat(scores)
-
-
 def finetune(
     encoder: ResNetEncoder, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
     test_labels: torch.Tensor, num_classes: int, settings: FinetuneSettings, device: torch.device,
@@ -111,6 +101,6 @@ def finetune(
             loss.backward()
             optimizer.step()
             scheduler.step()
-    scores = _predict(model, test_images, device, dtype)
+    scores = extract_features(model, test_images, device, autocast_dtype=dtype)
     return {"top1": accuracy(scores, test_labels, 1), "top5": accuracy(scores, test_labels, 5),
             "labelled_images": float(len(subset)), "epochs": float(epochs)}
