@@ -79,12 +79,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     test_split = args.eval_split or (config.eval_split if not args.data else "test")
     labelled = LabelledEval.open(spec, config.image_size, args.download, test_split=test_split)
     encoder = encoder.to(device)
-    encoders = {f"SimCLR ({args.checkpoint})"[:28]: encoder}
+    encoders = {"SimCLR": encoder}
     if args.compare_random:
         encoders["random weights"] = random_twin(encoder, config)
     results = evaluate_encoders(labelled, encoders, device, args.protocol, args.knn_k, args.knn_temperature, finetune_settings)
-    title = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else args.protocol
-    print(format_table(results, title, labelled))
+    what = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else f"{args.protocol} evaluation"
+    print(format_table(results, f"{what} of {args.checkpoint}", labelled))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -58,14 +58,20 @@ def labelled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.T
 
 
 class Classifier(nn.Module):
-    """The encoder f with a linear layer on h."""
+    """The encoder f with a linear layer on h, standardised by a parameter-free BN.
+
+    The standardisation (as the linear probe's) keeps the head's effective learning rate independent of the
+    scale of h, which pretraining changes a lot (here ~4x the norm of a random network's h): without it the
+    first steps on a pretrained h are large enough to wreck the features they should refine.
+    """
 
     def __init__(self, encoder: ResNetEncoder, num_classes: int) -> None:
         super().__init__()
-        self.encoder, self.fc = encoder, nn.Linear(encoder.feature_dim, num_classes)
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.encoder(images))
+        return self.head(self.encoder(images))
 
 
 def finetune(

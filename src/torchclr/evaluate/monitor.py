@@ -87,8 +87,8 @@ def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], de
     return results
 
 
-def format_table(results: dict[str, dict[str, float]], protocol: str, labelled: LabelledEval) -> str:
-    lines = [f"{protocol} evaluation on {labelled.origin} ({labelled.test_split} split)", f"{'encoder':<28}{'top-1 %':>9}{'top-5 %':>9}"]
+def format_table(results: dict[str, dict[str, float]], title: str, labelled: LabelledEval) -> str:
+    lines = [f"{title} on {labelled.origin} ({labelled.test_split} split)", f"{'encoder':<28}{'top-1 %':>9}{'top-5 %':>9}"]
     lines += [f"{name:<28}{r['top1']:>9.2f}{r['top5']:>9.2f}" for name, r in results.items()]
     return "\n".join(lines)
 
@@ -102,6 +102,6 @@ def random_twin(encoder: nn.Module, config: Any) -> nn.Module:
 def final_report(labelled: LabelledEval, encoder: nn.Module, config: Any, device: torch.device, run_dir: Path) -> dict:
     """Linear probe of the trained encoder beside random weights; printed and saved as linear_eval.json."""
     results = evaluate_encoders(labelled, {"SimCLR (this run)": encoder, "random weights": random_twin(encoder, config)}, device, "linear")
-    print(format_table(results, "linear", labelled), flush=True)
+    print(format_table(results, "linear evaluation", labelled), flush=True)
     (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
     return results
