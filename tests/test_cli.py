@@ -41,7 +41,7 @@ def test_pretrain_writes_a_complete_run_folder(tmp_path: Path, tiny_folder: Path
     assert set(results) == {"SimCLR", "random weights"}
     assert all(0 <= r["top1"] <= 100 for r in results.values())
 
-    assert main(["evaluate", "--checkpoint", str(out / "encoder.safetensors"), "--protocol", "finetune", "--label-fraction",
+    assert main(["evaluate", "--checkpoint", str(out / "encoder.safetensors"), "--data", str(tiny_folder), "--protocol", "finetune", "--label-fraction",
                  "0.25", "--finetune-epochs", "2", "--no-compare-random", "--json", str(tmp_path / "finetune.json")]) == 0
     (result,) = json.loads((tmp_path / "finetune.json").read_text()).values()
     assert result["labelled_images"] == 16 and result["epochs"] == 2 and 0 <= result["top1"] <= 100  # a quarter of 64
