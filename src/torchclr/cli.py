@@ -58,9 +58,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    config = config_module.resolve(args)  # before importing torch, so that option errors answer at once
     from torchclr.train import pretrain
 
-    pretrain(config_module.resolve(args), resume=args.resume)
+    pretrain(config, resume=args.resume)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
