@@ -9,7 +9,6 @@ and 30 on 10%. Fine-tuning random weights the same way is supervised training fr
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -82,24 +81,25 @@ def finetune(
     """Top-1/top-5 (%) on the test images of a copy of `encoder` fine-tuned on a labelled subset of uint8 train images."""
     subset = labelled_subset(train_labels, settings.label_fraction, settings.seed)
     images, labels = train_images[subset], train_labels[subset]
-    batch_size = min(settings.batch_size, len(subset))
     epochs = settings.epochs or paper_epochs(settings.label_fraction)
-    steps_per_epoch = math.ceil(len(subset) / batch_size)
+    # Train-mode BN needs two images a batch, so a lone leftover image is left out of the epoch (a new one each
+    # epoch, as the order is reshuffled); the schedule counts exactly the steps that run.
+    batch_size = min(settings.batch_size, len(subset))
+    bounds = [(start, min(start + batch_size, len(subset))) for start in range(0, len(subset), batch_size)]
+    bounds = [(start, stop) for start, stop in bounds if stop - start >= 2]
 
     torch.manual_seed(settings.seed)
     model = Classifier(copy.deepcopy(encoder), num_classes).to(device, memory_format=torch.channels_last)
     lr = scaled_lr(settings.base_lr, batch_size, "linear")
     optimizer = torch.optim.SGD(parameter_groups(model, 0.0), lr=lr, momentum=0.9, nesterov=True)
-    scheduler = warmup_cosine_scheduler(optimizer, epochs * steps_per_epoch, 0)
+    scheduler = warmup_cosine_scheduler(optimizer, epochs * len(bounds), 0)
     augment = BatchAugment(AugmentSpec(image_size=test_images.shape[-1], jitter_p=0.0, grayscale_p=0.0, blur_p=0.0))
     generator, shuffle = torch.Generator(device=device).manual_seed(settings.seed), torch.Generator().manual_seed(settings.seed)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(subset), generator=shuffle)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            if len(index) < 2 <= len(order):
-                continue  # train-mode BN needs two images; a lone leftover waits for the next epoch's shuffle
+        for start, stop in bounds:
+            index = order[start:stop]
             views = augment(images[index].to(device), generator).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = F.cross_entropy(model(views).float(), labels[index].to(device))
