@@ -40,7 +40,7 @@ from torchclr.evaluate.features import extract_features
 GiB = 2**30
 HEADROOM = 0.75  # share of the free memory a plan may use: the rest absorbs estimate error, fragmentation, other jobs
 MIN_CHUNK = 32  # smallest sensible chunk: BatchNorm statistics over fewer than 64 views get noisy
-PROBE_IMAGES = (8, 32)  # the two batch sizes of the probe (capped by the batch itself)
+PROBE_IMAGES = (16, 64)  # the two batch sizes of the probe (capped by the batch itself): big enough to be linear
 EVAL_BATCH_MAX = 512  # feature extraction gains nothing from bigger batches
 KNN_CHUNK_MAX = 1024
 
@@ -145,14 +145,19 @@ class LinearCost:
 
 
 def fit_linear(run_at: Callable[[int], Callable[[], object]], sizes: tuple[int, int], device: torch.device) -> LinearCost:
-    """Measure `run_at(images)` at both sizes and fit fixed + per_image x images (never negative)."""
+    """Measure `run_at(images)` at both sizes and fit fixed + per_image x images (never negative).
+
+    The first run also pays what a process allocates once (kernel caches, thread buffers): it goes into the fixed
+    part, and the slope comes from a second run at the small size, which no longer pays it.
+    """
     small, large = sizes
-    low = measure_peak(lambda: run_at(small), device)
+    cold = measure_peak(lambda: run_at(small), device)
     if large == small:
-        return LinearCost(fixed=0, per_image=low / small)
+        return LinearCost(fixed=0, per_image=cold / small)
     high = measure_peak(lambda: run_at(large), device)
-    per_image = max(0.0, (high - low) / (large - small))
-    return LinearCost(fixed=max(0, int(low - per_image * small)), per_image=per_image)
+    warm = measure_peak(lambda: run_at(small), device)
+    per_image = max(0.0, (high - warm) / (large - small))
+    return LinearCost(fixed=max(0, int(cold - per_image * small)), per_image=per_image)
 
 
 def probe_sizes(batch: int) -> tuple[int, int]:
@@ -241,8 +246,13 @@ def _fresh_step_context(ctx: Any, bare_model: nn.Module, chunk: int | None) -> A
     return dataclasses.replace(ctx, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, grad_cache_chunk=chunk)
 
 
+def _generator(device: torch.device) -> torch.Generator:
+    """Probes draw from their own stream: the run's random state stays as it was."""
+    return torch.Generator(device=device).manual_seed(0)
+
+
 def _views(images: int, image_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    first, second = torch.rand(2, images, 3, image_size, image_size, device=device)
+    first, second = torch.rand(2, images, 3, image_size, image_size, device=device, generator=_generator(device))
     return first, second
 
 
@@ -259,7 +269,9 @@ def measure_network(ctx: Any, step: Callable[[Any, torch.Tensor, torch.Tensor], 
                 step(probe_ctx, first, second)
         return run
 
-    return fit_linear(run_at, probe_sizes(batch), ctx.device)
+    cost = fit_linear(run_at, probe_sizes(batch), ctx.device)
+    # Below the allocator's noise (tiny views) the slope can come out as 0: an image costs at least its two views.
+    return dataclasses.replace(cost, per_image=max(cost.per_image, 2 * 3 * image_size * image_size * 4))
 
 
 def measure_whole_batch(ctx: Any, batch: int, image_size: int, embedding_dim: int) -> int:
@@ -268,7 +280,7 @@ def measure_whole_batch(ctx: Any, batch: int, image_size: int, embedding_dim: in
     views = 2 * batch * 3 * image_size * image_size * 4
 
     def loss_run() -> Callable[[], object]:
-        z = torch.randn(2 * batch, embedding_dim, device=ctx.device, requires_grad=True)
+        z = torch.randn(2 * batch, embedding_dim, device=ctx.device, generator=_generator(ctx.device)).requires_grad_()
 
         def run() -> None:
             with ctx.autocast():
@@ -289,7 +301,7 @@ def measure_inference(encoder: nn.Module, image_size: int, device: torch.device)
     """Fixed and per-image bytes of `extract_features` itself (the evaluation's forward pass, in eval mode)."""
 
     def run_at(images: int) -> Callable[[], object]:
-        batch = torch.randint(0, 256, (images, 3, image_size, image_size), dtype=torch.uint8)
+        batch = torch.randint(0, 256, (images, 3, image_size, image_size), dtype=torch.uint8, generator=_generator(torch.device("cpu")))
         return lambda: extract_features(encoder, batch, device, batch_size=images)
 
     return fit_linear(run_at, PROBE_IMAGES, device)
@@ -310,10 +322,10 @@ def plan_pretraining(ctx: Any, step: Callable[[Any, torch.Tensor, torch.Tensor],
     device = ctx.device
     if not PeakMeter.available(device):
         return TrainingPlan.unmeasured(batch, requested)
-    free = free_memory(device)
-    budget = int(free * HEADROOM)
     network = measure_network(ctx, step, bare_model, batch, image_size)
     whole_batch = measure_whole_batch(ctx, batch, image_size, embedding_dim(bare_model))
+    free = free_memory(device)
+    budget = int(free * HEADROOM)
     error = None
     try:
         chunk, reason = choose_chunk(network, whole_batch, batch, budget, requested)
