@@ -94,6 +94,44 @@ def test_composes_with_grad_scaler_and_autocast() -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=0.1 * want.abs().max().item())
 
 
-def test_chunk_size_must_be_positive() -> None:
+def test_the_automatic_chunk_gives_the_unchunked_loss_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--grad-cache-chunk auto on a batch that does not fit: the plan turns caching on, and the step it then runs
+    (BN in eval mode) has the loss, gradients and updated weights of the unchunked step."""
+    from torchclr import memory
+    from torchclr.models import build_simclr
+    from torchclr.optim import build_optimizer, warmup_cosine_scheduler
+    from torchclr.train import StepContext, training_step
+
+    def context() -> StepContext:
+        torch.manual_seed(0)
+        model = build_simclr("resnet18", 8, True, "mlp", 2, 16).eval()
+        optimizer = build_optimizer(model, "lars", lr=0.5, weight_decay=1e-6, momentum=0.9)
+        return StepContext(model, build_loss("nt_xent", 0.5, 1.0), optimizer, warmup_cosine_scheduler(optimizer, 10, 0),
+                           torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), None, False)
+
+    # A step of n images needs 100 MiB + 10 MiB x n; 170 MiB of plan leave room for 7 images, so 16 run as 3 chunks of 6.
+    mib = 2**20
+    monkeypatch.setattr(memory, "measure_network", lambda *_: memory.LinearCost(100 * mib, 10.0 * mib))
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(170 * mib / memory.HEADROOM) + 1)
+    monkeypatch.setattr(memory, "MIN_CHUNK", 2)
+    automatic, plain = context(), context()
+    plan = memory.plan_pretraining(automatic, training_step, automatic.model, 16, 8, "auto")
+    assert plan.chunk == 6 and "gradient caching in chunks of 6" in plan.describe()
+    automatic.grad_cache_chunk = plan.chunk
+
+    generator = torch.Generator().manual_seed(2)
+    first, second = torch.rand(2, 16, 3, 8, 8, generator=generator)
+    loss_chunked, loss_plain = training_step(automatic, first, second), training_step(plain, first, second)
+    torch.testing.assert_close(loss_chunked, loss_plain, rtol=1e-6, atol=1e-6)
+    for got, want in zip(automatic.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "1.5"])
+def test_grad_cache_chunk_is_auto_off_or_a_positive_count(value: str) -> None:
     with pytest.raises(UserError, match="--grad-cache-chunk"):
-        PretrainConfig(grad_cache_chunk=0).validate()
+        PretrainConfig(grad_cache_chunk=value).validate()
+    assert PretrainConfig().grad_cache_request() == "auto"
+    assert PretrainConfig(grad_cache_chunk="128").grad_cache_request() == 128
+    assert PretrainConfig(grad_cache_chunk=None).grad_cache_request() == "off"  # configs saved before 'auto' existed

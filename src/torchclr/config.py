@@ -79,9 +79,10 @@ class PretrainConfig:
     channels_last: bool = _opt(True, "channels-last memory format for the convolutions")
     seed: int = _opt(0, "random seed")
     deterministic: bool = _opt(False, "deterministic algorithms (bit-exact resume, slower)")
-    grad_cache_chunk: int | None = _opt(None, "gradient caching: run the network on chunks of this many images per process "
-                                        "and get the exact gradient of the whole batch with the memory of one chunk "
-                                        "(slower: each chunk runs forward twice); default: off")
+    grad_cache_chunk: str | None = _opt("auto", "gradient caching: run the network on chunks of this many images per process "
+                                 "and get the exact gradient of the whole batch with the memory of one chunk "
+                                 "(slower: each chunk runs forward twice); 'auto': the memory plan made before the "
+                                 "first step turns it on, with the largest chunk that fits, when the batch does not fit; 'off' (or none)")
     # several processes (torchrun)
     sync_bn: bool = _opt(True, "under torchrun, BatchNorm statistics over the global batch (off: over each process's share)")
     dist_timeout: float = _opt(1800.0, "under torchrun, seconds a process waits for the others before it stops with an "
@@ -107,7 +108,7 @@ class PretrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("temperature", "knn_temperature", "lr", "dist_timeout", "grad_cache_chunk"):
+        for name in ("temperature", "knn_temperature", "lr", "dist_timeout"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every"):
@@ -118,6 +119,16 @@ class PretrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         self.augment_spec()
+        self.grad_cache_request()
+
+    def grad_cache_request(self) -> int | str:
+        """'auto', 'off', or the chunk of images asked for."""
+        value = str(self.grad_cache_chunk).strip().lower()
+        if value in ("auto", "off", "none"):
+            return "off" if value == "none" else value
+        if not value.isdigit() or int(value) <= 0:
+            raise UserError(f"--grad-cache-chunk must be 'auto', 'off' or a number of images > 0, got {self.grad_cache_chunk!r}")
+        return int(value)
 
 
 def _flag(name: str) -> str:

@@ -24,6 +24,16 @@ import torch
 from torch import Tensor, nn
 
 
+def chunk_layout(images: int, chunk_size: int) -> list[tuple[slice, slice]]:
+    """Which images' view 1 and view 2 each chunk runs: (rows of `first`, rows of `second`) per chunk.
+
+    Today chunk k holds both views of the same images. The one place to change so that BatchNorm in training
+    mode stops seeing a positive pair inside one chunk's statistics (chunk k taking view 1 of one group of images
+    and view 2 of another), since everything below follows these slices.
+    """
+    return [(slice(start, min(start + chunk_size, images)),) * 2 for start in range(0, images, chunk_size)]
+
+
 def grad_cache_backward(
     model: nn.Module,
     embed: Callable[[Tensor], Tensor],
@@ -40,26 +50,26 @@ def grad_cache_backward(
     `scale` is applied to the loss before its backward (a GradScaler's `scale`). Under DDP, only the last chunk's
     backward all-reduces the gradients (`model.no_sync()` for the others). Returns the loss, detached.
     """
-    chunks = list(zip(first.split(chunk_size), second.split(chunk_size)))
+    n = len(first)
+    chunks = chunk_layout(n, chunk_size)
     saved_buffers = [buffer.clone() for buffer in model.buffers()]
     with torch.no_grad():
-        embedded = [embed(torch.cat(pair)) for pair in chunks]
+        embedded = [embed(torch.cat([first[rows1], second[rows2]])) for rows1, rows2 in chunks]
     for buffer, saved in zip(model.buffers(), saved_buffers):
         buffer.copy_(saved)
 
-    halves = [z.chunk(2) for z in embedded]
-    z = torch.cat([view1 for view1, _ in halves] + [view2 for _, view2 in halves]).requires_grad_()
+    z = embedded[0].new_empty(2 * n, embedded[0].shape[1])
+    for (rows1, rows2), chunk_z in zip(chunks, embedded):
+        view1, view2 = chunk_z.split([rows1.stop - rows1.start, rows2.stop - rows2.start])
+        z[rows1], z[n + rows2.start : n + rows2.stop] = view1, view2
+    z.requires_grad_()
     loss = loss_fn(z)
     scale(loss).backward()
 
-    n = len(first)
     grad_view1, grad_view2 = z.grad[:n], z.grad[n:]
-    start = 0
-    for index, (view1, view2) in enumerate(chunks):
-        stop = start + len(view1)
+    for index, (rows1, rows2) in enumerate(chunks):
         all_reduce = index == len(chunks) - 1 or not hasattr(model, "no_sync")  # DDP: once, with the last chunk
         with nullcontext() if all_reduce else model.no_sync():
-            chunk_z = embed(torch.cat([view1, view2]))
-            chunk_z.backward(torch.cat([grad_view1[start:stop], grad_view2[start:stop]]))
-        start = stop
+            chunk_z = embed(torch.cat([first[rows1], second[rows2]]))
+            chunk_z.backward(torch.cat([grad_view1[rows1], grad_view2[rows2]]))
     return loss.detach()

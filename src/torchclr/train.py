@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from torchclr import checkpoint, distributed
+from torchclr import checkpoint, distributed, memory
 from torchclr.config import PretrainConfig
 from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
 from torchclr.data.sources import open_images
@@ -233,7 +233,14 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device) 
     scheduler = warmup_cosine_scheduler(optimizer, total_steps, round(config.warmup_epochs * batches.steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     ctx = StepContext(forward_model, build_loss(config.loss, config.temperature, config.margin), optimizer, scheduler,
-                      scaler, device, dtype, config.channels_last, config.grad_cache_chunk)
+                      scaler, device, dtype, config.channels_last)
+    plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
+                                   config.grad_cache_request(), len(labelled.train_labels) if labelled else 0)
+    ctx.grad_cache_chunk = plan.chunk
+    if labelled is not None:
+        labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
+    if rank == 0:
+        print(plan.describe(), flush=True)
 
     start_epoch, global_step = 0, 0
     if resume:

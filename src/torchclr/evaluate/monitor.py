@@ -30,6 +30,8 @@ class LabelledEval:
     test_labels: torch.Tensor
     num_classes: int
     test_split: str = "test"
+    batch_size: int = 512  # images per batch of feature extraction, and test images per kNN block: set by the memory plan
+    knn_chunk: int = 1024
 
     @classmethod
     def open(cls, spec: str, image_size: int, download: bool = False, train_split: str = "train", test_split: str = "test") -> "LabelledEval":
@@ -43,11 +45,12 @@ class LabelledEval:
                    len(train.classes), test_split)
 
     def features(self, encoder: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return extract_features(encoder, self.train_images, device), extract_features(encoder, self.test_images, device)
+        return (extract_features(encoder, self.train_images, device, self.batch_size),
+                extract_features(encoder, self.test_images, device, self.batch_size))
 
     def knn_top1(self, encoder: nn.Module, device: torch.device, k: int, temperature: float) -> float:
         train, test = self.features(encoder, device)
-        scores = knn_predict(train, self.train_labels, test, self.num_classes, k, temperature)
+        scores = knn_predict(train, self.train_labels, test, self.num_classes, k, temperature, self.knn_chunk)
         return accuracy(scores, self.test_labels)
 
 
