@@ -74,7 +74,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise UserError("--knn-k and --knn-temperature must be > 0")
     finetune_settings = FinetuneSettings(args.label_fraction, args.finetune_epochs, seed=args.seed)
     device = resolve_device(args.device)
-    encoder, meta = load_encoder(args.checkpoint)
+    encoder, _, meta = load_encoder(args.checkpoint)
     config = meta["config"]
     spec = args.data or config.eval_data or config.data
     test_split = args.eval_split or (config.eval_split if not args.data else "test")

@@ -41,11 +41,14 @@ def view_transform(spec: AugmentSpec) -> v2.Compose:
 
 
 def eval_transform(image_size: int) -> v2.Compose:
-    """The deterministic view for evaluation: shorter side to image_size, then the central square."""
+    """The deterministic view for evaluation, as `evaluate.features.eval_images` holds it: shorter side to
+    image_size (1/0.875 of it above 64 px), then the central square."""
+    from torchclr.data.cache import stored_side
+
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize(image_size, antialias=True),
+            v2.Resize(stored_side(image_size), antialias=True),
             v2.CenterCrop(image_size),
             v2.ToDtype(torch.float32, scale=True),
             v2.ToPureTensor(),
