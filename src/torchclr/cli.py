@@ -1,4 +1,5 @@
-"""The `torchclr` command: `pretrain` and `evaluate`. Bad input ends in one line naming the culprit."""
+"""The `torchclr` command: `pretrain`, `evaluate`, `embed`, `neighbors`, `export`, `report`. Bad input ends in one line
+naming the culprit."""
 
 from __future__ import annotations
 
@@ -98,6 +99,16 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="a .safetensors file written by torchclr pretrain")
     export.add_argument("--format", required=True, help="onnx, torchscript or torchvision")
     export.add_argument("--out", help="the file to write (default: beside the checkpoint, .onnx / .pt / .pth)")
+
+    report = commands.add_parser(
+        "report", help="one offline HTML page of what a run learned: curves, views, map, per-class accuracy, neighbours",
+        description="Write RUN_DIR/report/index.html with its PNGs: loss / lr / kNN curves, the view pairs of the first "
+        "training step, a 2-D map of test embeddings (UMAP with the report extra, else PCA), per-class kNN accuracy and "
+        "nearest-neighbour examples. Unlabelled runs show what their training images allow.",
+    )
+    report.add_argument("run_dir", help="the --out-dir of a torchclr pretrain run")
+    report.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    report.add_argument("--max-points", type=int, default=2000, help="images on the 2-D map (default: 2000)")
     return parser
 
 
@@ -160,10 +171,17 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {done.path} and {done.description}; {check}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from torchclr.report import build_report
+
+    print(f"wrote {build_report(args.run_dir, args.device, args.max_points)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        {"pretrain": _pretrain, "evaluate": _evaluate, "embed": _embed, "neighbors": _neighbors, "export": _export}[args.command](args)
+        {"pretrain": _pretrain, "evaluate": _evaluate, "embed": _embed, "neighbors": _neighbors, "export": _export,
+         "report": _report}[args.command](args)
     except UserError as err:
         print(f"torchclr: error: {err}", file=sys.stderr)
         return 2
