@@ -44,7 +44,7 @@ def test_simclr_returns_h_and_z() -> None:
 
 
 @pytest.mark.parametrize("call", [
-    lambda: build_encoder("vgg16", 32),
+    lambda: build_encoder("no_such_net", 32),
     lambda: projection_head("deep", 512),
     lambda: projection_head("mlp", 512, num_layers=1),
 ])

@@ -1,4 +1,5 @@
-"""The `torchclr` command: `pretrain` and `evaluate`. Bad input ends in one line naming the culprit."""
+"""The `torchclr` command: `pretrain`, `evaluate`, `embed`, `neighbors`, `export`, `report`. Bad input ends in one line
+naming the culprit."""
 
 from __future__ import annotations
 
@@ -54,6 +55,60 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--knn-temperature", type=float, default=0.1, help="kNN weight temperature (default: 0.1)")
     evaluate.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100/stl10")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
+
+    embed = commands.add_parser(
+        "embed", help="write h (or z) of every image of a data set to .npy + .csv or .parquet",
+        description="Embed every image of a folder, zip or torchvision set with a trained encoder, streamed in batches "
+        "(at the encoder's evaluation centre view). An interrupted run continues where it stopped when run again.",
+    )
+    embed.add_argument("--checkpoint", required=True, help="a .safetensors file written by torchclr pretrain")
+    embed.add_argument("--data", required=True, help="a folder (class sub-folders give labels), a .zip of one, cifar10:DIR, ... or 'sample'")
+    embed.add_argument("--split", default="train", help="sub-folder / split of --data (a folder without split sub-folders is embedded whole) (default: train)")
+    embed.add_argument("--out", required=True, help="FILE.npy (with FILE.csv of names and labels) or FILE.parquet (the parquet extra); FILE.json describes it")
+    embed.add_argument("--projection", action="store_true", help="write z = g(h) of the projection head instead of h")
+    embed.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
+    embed.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: from the core count)")
+    embed.add_argument("--device", default="auto", help="'auto' (cuda when present), 'cpu', 'cuda', ...")
+    embed.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision (default: fp32)")
+    embed.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100/stl10")
+    embed.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar (default: on)")
+
+    neighbors = commands.add_parser(
+        "neighbors", help="the nearest images by cosine similarity in the output of torchclr embed",
+        description="Find the -k nearest vectors of embeddings written by torchclr embed, for an image file, a row of "
+        "the embeddings, or every row of other embeddings (then, with labels, the share of neighbours of the query's class).",
+    )
+    neighbors.add_argument("--embeddings", required=True, help="the .npy or .parquet file written by torchclr embed")
+    query = neighbors.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", help="an image file, embedded with the checkpoint that made --embeddings")
+    query.add_argument("--index", type=int, help="a row of --embeddings (itself excluded from its neighbours)")
+    query.add_argument("--query-embeddings", help="every row of these embeddings (e.g. the test split) against --embeddings")
+    neighbors.add_argument("-k", type=int, default=10, help="neighbours per query (default: 10)")
+    neighbors.add_argument("--checkpoint", help="for --query: the checkpoint (default: the one that made --embeddings)")
+    neighbors.add_argument("--backend", choices=("torch", "faiss"), default="torch",
+                           help="exact search on --device in chunks (torch) or with faiss (the faiss extra) (default: torch)")
+    neighbors.add_argument("--device", default="auto", help="device of the torch search (default: auto)")
+    neighbors.add_argument("--out", help="write every neighbour to this CSV")
+    neighbors.add_argument("--grid", help="write a PNG contact sheet of the (first 8) queries and their neighbours")
+
+    export = commands.add_parser(
+        "export", help="write the encoder as ONNX, TorchScript or a torchvision state dict, with a JSON of its input",
+        description="Export the encoder of a checkpoint; FILE.json beside it describes the preprocessing. The file is "
+        "checked against PyTorch on 8 images (ONNX with onnxruntime, when installed).",
+    )
+    export.add_argument("--checkpoint", required=True, help="a .safetensors file written by torchclr pretrain")
+    export.add_argument("--format", required=True, help="onnx, torchscript or torchvision")
+    export.add_argument("--out", help="the file to write (default: beside the checkpoint, .onnx / .pt / .pth)")
+
+    report = commands.add_parser(
+        "report", help="one offline HTML page of what a run learned: curves, views, map, per-class accuracy, neighbours",
+        description="Write RUN_DIR/report/index.html with its PNGs: loss / lr / kNN curves, the view pairs of the first "
+        "training step, a 2-D map of test embeddings (UMAP with the report extra, else PCA), per-class kNN accuracy and "
+        "nearest-neighbour examples. Unlabelled runs show what their training images allow.",
+    )
+    report.add_argument("run_dir", help="the --out-dir of a torchclr pretrain run")
+    report.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    report.add_argument("--max-points", type=int, default=2000, help="images on the 2-D map (default: 2000)")
     return parser
 
 
@@ -74,7 +129,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise UserError("--knn-k and --knn-temperature must be > 0")
     finetune_settings = FinetuneSettings(args.label_fraction, args.finetune_epochs, seed=args.seed)
     device = resolve_device(args.device)
-    encoder, meta = load_encoder(args.checkpoint)
+    encoder, _, meta = load_encoder(args.checkpoint)
     config = meta["config"]
     spec = args.data or config.eval_data or config.data
     test_split = args.eval_split or (config.eval_split if not args.data else "test")
@@ -91,10 +146,42 @@ def _evaluate(args: argparse.Namespace) -> None:
             json.dump(results, handle, indent=2)
 
 
+def _embed(args: argparse.Namespace) -> None:
+    from torchclr.embed import embed
+
+    meta = embed(args.checkpoint, args.data, args.out, args.split, args.projection, args.batch_size, args.workers,
+                 args.device, args.precision, args.download, args.progress)
+    skipped = f"; {len(meta['skipped'])} unreadable images skipped (listed in the .json)" if meta["skipped"] else ""
+    print(f"wrote {meta['count']:,} {meta['dim']}-d {meta['what']} vectors of {meta['origin']} to {args.out}{skipped}")
+
+
+def _neighbors(args: argparse.Namespace) -> None:
+    from torchclr.neighbors import search
+
+    print(search(args.embeddings, args.k, query=args.query, index=args.index, query_embeddings=args.query_embeddings,
+                 checkpoint=args.checkpoint, backend=args.backend, device=args.device, out=args.out, grid=args.grid))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from torchclr.export import export
+
+    done = export(args.checkpoint, args.format, args.out)
+    check = ("not checked (pip install 'torchclr[onnx]' for onnxruntime)" if done.max_abs_diff is None
+             else f"max |difference| from PyTorch on 8 images: {done.max_abs_diff:.2e}")
+    print(f"wrote {done.path} and {done.description}; {check}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from torchclr.report import build_report
+
+    print(f"wrote {build_report(args.run_dir, args.device, args.max_points)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        {"pretrain": _pretrain, "evaluate": _evaluate}[args.command](args)
+        {"pretrain": _pretrain, "evaluate": _evaluate, "embed": _embed, "neighbors": _neighbors, "export": _export,
+         "report": _report}[args.command](args)
     except UserError as err:
         print(f"torchclr: error: {err}", file=sys.stderr)
         return 2

@@ -54,8 +54,9 @@ class PretrainConfig:
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
     solarize_p: float = _opt(0.0, "probability of solarization")
     # model
-    arch: str = _opt("resnet18", "encoder architecture (torchvision ResNet)")
-    cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool; default: on for images up to 64 px")
+    arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
+                     "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
+    cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool (ResNets only); default: on for ResNets on images up to 64 px")
     head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
     head_layers: int = _opt(2, "layers of the mlp head")
     proj_dim: int = _opt(128, "output size of the projection head (z)")

@@ -1,24 +1,67 @@
-"""Loading a trained encoder f back, from an exported encoder file or from any training checkpoint."""
+"""Loading a trained encoder f back, from an exported encoder file or from any training checkpoint.
+
+The encoder comes back in eval mode (BatchNorm uses its running statistics, so an image's h does not depend on
+the other images of its batch) together with the transform that prepares an image for it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
 
 from torchclr import checkpoint
 from torchclr.config import from_dict
 from torchclr.errors import UserError
-from torchclr.models import ResNetEncoder
+from torchclr.models import Encoder, build_encoder
+from torchclr.models.encoders import CUSTOM_ARCH
+from torchclr.transforms import eval_transform
 
 
-def load_encoder(path: str | Path) -> tuple[ResNetEncoder, dict[str, Any]]:
-    """The encoder (h = encoder(images in [0, 1])) and the checkpoint's metadata, including its config."""
+class Pretrained(NamedTuple):
+    """`encoder, transform, info = load_encoder(path)`; `h = encoder(transform(image)[None])`."""
+
+    encoder: Encoder
+    transform: Callable[[Any], torch.Tensor]
+    info: dict[str, Any]
+
+
+def load_encoder(path: str | Path, encoder: nn.Module | None = None) -> Pretrained:
+    """The encoder (eval mode, float32, CPU), the transform that turns a PIL image or a uint8 tensor [3, H, W] into
+    its float input [3, S, S] in [0, 1] (the evaluation centre view), and the checkpoint's metadata with its config.
+
+    A checkpoint of a run that pretrained the user's own module (arch 'custom') needs that module as `encoder`.
+    """
     tensors, meta = checkpoint.load(path)
     if meta.get("kind") not in ("encoder", "training"):
         raise UserError(f"checkpoint {path} holds neither an encoder nor a training state")
+    config = from_dict(meta["config"], f"checkpoint {path}")
     description = meta["model"]
-    encoder = ResNetEncoder(description["arch"], description["cifar_stem"])
+    if encoder is not None:
+        model = Encoder.wrap(encoder, config.image_size)
+    elif description["arch"] == CUSTOM_ARCH:
+        raise UserError(f"checkpoint {path} holds a custom encoder module: pass the module, load_encoder(path, encoder=module)")
+    else:
+        model = build_encoder(description["arch"], config.image_size, description["cifar_stem"])
     prefix = "encoder." if meta["kind"] == "encoder" else "model.encoder."
-    checkpoint.load_model_state(encoder, checkpoint.model_tensors(tensors, prefix), path, f"{description['arch']} encoder")
-    meta["config"] = from_dict(meta["config"], f"checkpoint {path}")
-    return encoder, meta
+    checkpoint.load_model_state(model, checkpoint.model_tensors(tensors, prefix), path, f"{description['arch']} encoder")
+    meta["config"] = config
+    return Pretrained(model.eval(), eval_transform(config.image_size), meta)
+
+
+def load_head(path: str | Path, encoder: Encoder) -> nn.Module:
+    """The projection head g of the checkpoint (for z = g(h)), in eval mode."""
+    from torchclr.models import projection_head
+
+    tensors, meta = checkpoint.load(path)
+    description = meta["model"]
+    head = projection_head(description["head"], encoder.feature_dim, description["proj_dim"], num_layers=description["head_layers"])
+    prefix = "head." if meta["kind"] == "encoder" else "model.head."
+    state = checkpoint.model_tensors(tensors, prefix)
+    if not state and list(head.state_dict()):
+        raise UserError(f"checkpoint {path} holds no projection head (an encoder file written before torchclr 0.2 "
+                        "keeps h only; use a training checkpoint for z)")
+    checkpoint.load_model_state(head, state, path, f"{description['head']} projection head")
+    return head.eval()

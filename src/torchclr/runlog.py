@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ class RunLog:
         self.dir = Path(out_dir)
         self.enabled = writer_enabled
         self.checkpoints = self.dir / "checkpoints"
-        self._tensorboard = None
+        self._tensorboard: Any = None
+        self._no_matplotlib = False
         self._curve: list[tuple[int, float]] = []
         self._monitor: list[tuple[int, float]] = []
         if writer_enabled:
@@ -59,11 +61,17 @@ class RunLog:
 
     @property
     def tensorboard(self) -> Any:
+        """The SummaryWriter, or None without the `tensorboard` extra (noted once; metrics.jsonl has everything)."""
         if self._tensorboard is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tensorboard = SummaryWriter(str(self.dir / "tensorboard"))
-        return self._tensorboard
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tensorboard = False
+                _note("TensorBoard is not installed, so no TensorBoard logs (pip install 'torchclr[tensorboard]'); "
+                      "metrics.jsonl has every value")
+            else:
+                self._tensorboard = SummaryWriter(str(self.dir / "tensorboard"))
+        return self._tensorboard or None
 
     def log(self, record: dict[str, Any]) -> None:
         """One JSON line plus a TensorBoard scalar for each number (step-indexed)."""
@@ -71,17 +79,22 @@ class RunLog:
             return
         with open(self.dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        step = record["step"]
+        step, writer = record["step"], self.tensorboard
         for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                self.tensorboard.add_scalar(key, value, step)
+            if writer is not None and key not in ("step", "epoch") and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, step)
         self._remember(record)
 
     def plot(self) -> None:
         """loss_curve.png: training loss per step and, beside it, the kNN monitor per epoch."""
-        if not self.enabled or not self._curve:
+        if not self.enabled or not self._curve or self._no_matplotlib:
             return
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            self._no_matplotlib = True
+            _note("matplotlib is not installed, so no loss_curve.png (pip install 'torchclr[plot]')")
+            return
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -113,5 +126,9 @@ class RunLog:
             old.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._tensorboard is not None:
+        if self._tensorboard:
             self._tensorboard.close()
+
+
+def _note(text: str) -> None:
+    print(f"torchclr: note: {text}", file=sys.stderr, flush=True)

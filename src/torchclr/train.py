@@ -31,7 +31,8 @@ from torchclr.errors import UserError
 from torchclr.evaluate.monitor import final_report, open_labelled_eval
 from torchclr.gradcache import grad_cache_backward
 from torchclr.loss import build_loss
-from torchclr.models import SimCLR, build_simclr
+from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
+from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
 from torchclr.runlog import RunLog
 
@@ -77,8 +78,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def model_description(config: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint must agree on to be loaded into a model."""
     values = dataclasses.asdict(config) if isinstance(config, PretrainConfig) else config
-    stem = values["cifar_stem"] if values["cifar_stem"] is not None else values["image_size"] <= 64
-    return {"arch": values["arch"], "cifar_stem": bool(stem), "head": values["head"],
+    stem = uses_cifar_stem(values["arch"], values["image_size"], values["cifar_stem"])
+    return {"arch": values["arch"], "cifar_stem": stem, "head": values["head"],
             "head_layers": values["head_layers"], "proj_dim": values["proj_dim"]}
 
 
@@ -206,25 +207,29 @@ def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepCont
     return int(meta["epoch"]), int(meta["step"])
 
 
-def pretrain(config: PretrainConfig, resume: str | None = None) -> dict[str, Any]:
+def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Module | None = None) -> dict[str, Any]:
     """Run (or continue) a pretraining; returns the last epoch's metrics and, with labelled data, the final report.
 
-    Under torchrun each process calls this; it joins the process group for the run and leaves it at the end.
+    `encoder`: the user's own module (images in [0, 1] -> features [B, d]) instead of `config.arch`; the run
+    records it as arch 'custom'. Under torchrun each process calls this; it joins the process group for the run
+    and leaves it at the end.
     """
+    if encoder is not None:
+        config = dataclasses.replace(config, arch=CUSTOM_ARCH, cifar_stem=None)
     device = resolve_device(config.device, distributed.local_rank())
     with distributed.process_group(device, config.dist_timeout):
-        return _pretrain(config, resume, device)
+        return _pretrain(config, resume, device, encoder)
 
 
-def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device) -> dict[str, Any]:
+def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, encoder: nn.Module | None = None) -> dict[str, Any]:
     rank, world = distributed.rank(), distributed.world_size()
     dtype = autocast_dtype(config.precision, device)
     seed_everything(config.seed + rank, config.deterministic)
     run = RunLog(config.out_dir, writer_enabled=rank == 0)
 
+    model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
     batches = _view_batches(config, device, rank, world)
     labelled = open_labelled_eval(config) if rank == 0 else None
-    model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim)
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     model, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
     lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
@@ -284,7 +289,10 @@ def _jsonable(config: PretrainConfig) -> dict[str, Any]:
 
 
 def export_encoder(path: Path, model: SimCLR, config: PretrainConfig) -> None:
-    """The encoder alone (what users carry into their work), loadable with `torchclr.load_encoder`."""
+    """The encoder (what users carry into their work) and its projection head (for z), loadable with
+    `torchclr.load_encoder` and `torchclr.pretrained.load_head`."""
     info = {"kind": "encoder", "model": model_description(config), "image_size": config.image_size,
             "feature_dim": model.encoder.feature_dim, "config": _jsonable(config)}
-    checkpoint.save_atomically({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}, info, path)
+    tensors = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    tensors.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    checkpoint.save_atomically(tensors, info, path)

@@ -18,7 +18,7 @@ from torch import nn
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
-from torchclr.models import ResNetEncoder
+from torchclr.models import Encoder
 from torchclr.optim import parameter_groups, scaled_lr, warmup_cosine_scheduler
 from torchclr.transforms import AugmentSpec, BatchAugment
 
@@ -64,7 +64,7 @@ class Classifier(nn.Module):
     first steps on a pretrained h are large enough to wreck the features they should refine.
     """
 
-    def __init__(self, encoder: ResNetEncoder, num_classes: int) -> None:
+    def __init__(self, encoder: Encoder, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, num_classes))
@@ -74,7 +74,7 @@ class Classifier(nn.Module):
 
 
 def finetune(
-    encoder: ResNetEncoder, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
+    encoder: Encoder, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
     test_labels: torch.Tensor, num_classes: int, settings: FinetuneSettings, device: torch.device,
     dtype: torch.dtype | None = torch.bfloat16,
 ) -> dict[str, float]:

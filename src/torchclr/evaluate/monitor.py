@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from torchclr.evaluate.finetune import FinetuneSettings, finetune
 from torchclr.evaluate.knn import accuracy, knn_predict
 from torchclr.evaluate.linear import linear_probe
 from torchclr.models import build_encoder
+from torchclr.models.encoders import CUSTOM_ARCH
 
 
 @dataclass
@@ -99,7 +101,14 @@ def format_table(results: dict[str, dict[str, float]], title: str, labelled: Lab
 def random_twin(encoder: nn.Module, config: Any) -> nn.Module:
     """The same architecture with freshly initialised weights: the baseline a representation must beat."""
     torch.manual_seed(config.seed)
-    return build_encoder(config.arch, config.image_size, config.cifar_stem).to(next(encoder.parameters()).device)
+    device = next(encoder.parameters()).device
+    if config.arch == CUSTOM_ARCH:  # a user's module: the same module with each layer's own initialisation
+        twin = copy.deepcopy(encoder)
+        for module in twin.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return twin
+    return build_encoder(config.arch, config.image_size, config.cifar_stem).to(device)
 
 
 def final_report(labelled: LabelledEval, encoder: nn.Module, config: Any, device: torch.device, run_dir: Path) -> dict:

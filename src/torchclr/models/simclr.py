@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchclr.models.encoders import build_encoder
+from torchclr.models.encoders import Encoder, build_encoder
 from torchclr.models.heads import projection_head
 
 
@@ -19,6 +19,8 @@ class SimCLR(nn.Module):
         return h, self.head(h)
 
 
-def build_simclr(arch: str, image_size: int, cifar_stem: bool | None, head: str, head_layers: int, out_dim: int) -> SimCLR:
-    encoder = build_encoder(arch, image_size, cifar_stem)
+def build_simclr(arch: str, image_size: int, cifar_stem: bool | None, head: str, head_layers: int, out_dim: int,
+                 encoder_module: nn.Module | None = None) -> SimCLR:
+    """SimCLR on the encoder `arch` names, or on the user's own `encoder_module` when given."""
+    encoder = Encoder.wrap(encoder_module, image_size) if encoder_module is not None else build_encoder(arch, image_size, cifar_stem)
     return SimCLR(encoder, projection_head(head, encoder.feature_dim, out_dim, num_layers=head_layers))

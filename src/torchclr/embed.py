@@ -1,0 +1,209 @@
+"""`torchclr embed`: the representation of every image of a data set, streamed, written with its file name.
+
+Images are decoded in DataLoader workers batch by batch (never all in memory) at the encoder's evaluation centre
+view, and the vectors go straight into a memory-mapped work file beside the output. The work file and a small
+JSON record how far it got, so an interrupted run over a large set continues where it stopped. At the end the
+vectors are written as `.npy` + `.csv` (names, labels) or as one Parquet file (the `parquet` extra), with a
+`.json` sidecar naming the checkpoint, so that `torchclr neighbors` can embed new queries the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from torchclr.data.sources import ImageSet, open_images
+from torchclr.errors import UserError
+from torchclr.pretrained import load_encoder, load_head
+
+FORMATS = (".npy", ".parquet")
+
+
+@dataclass
+class Embeddings:
+    """Vectors [N, d] with the name, label and class name of each image, and the sidecar's description."""
+
+    vectors: np.ndarray
+    names: list[str]
+    labels: list[int]
+    classes: list[str]
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels) and min(self.labels) >= 0
+
+
+class _CentreViews(Dataset):
+    """(centre view, whether the file decoded) per image; a broken file gives a blank view, skipped at the end."""
+
+    def __init__(self, images: ImageSet, transform: Callable[[Any], torch.Tensor], size: int) -> None:
+        self.images, self.transform, self.size = images, transform, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
+        try:
+            return self.transform(self.images.image(index)), True
+        except UserError:
+            return torch.zeros(3, self.size, self.size), False
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """(the vectors file, its JSON sidecar); the format is the suffix of --out."""
+    out = Path(out)
+    if out.suffix not in FORMATS:
+        raise UserError(f"--out {out}: give a .npy file (vectors, with a .csv of names beside it) or a .parquet file")
+    return out, out.with_suffix(".json")
+
+
+def _parquet() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise UserError("Parquet output needs pyarrow: pip install 'torchclr[parquet]' (or write a .npy)") from None
+    return pyarrow
+
+
+def _checkpoint_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"checkpoint": str(path.resolve()), "checkpoint_size": stat.st_size, "checkpoint_mtime_ns": stat.st_mtime_ns}
+
+
+@torch.no_grad()
+def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "train", projection: bool = False,
+          batch_size: int = 256, workers: int | None = None, device: str = "auto", precision: str = "fp32",
+          download: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Write h (or z = g(h) with `projection`) of every image of `data` to `out`; returns the sidecar's content."""
+    from torchclr.data.loaders import default_workers
+    from torchclr.train import autocast_dtype, resolve_device
+
+    out_path, sidecar = output_paths(out)
+    if out_path.suffix == ".parquet":
+        _parquet()
+    if batch_size <= 0:
+        raise UserError(f"--batch-size must be > 0, got {batch_size}")
+    target = resolve_device(device)
+    dtype = autocast_dtype(precision, target)
+    encoder, transform, info = load_encoder(checkpoint)
+    network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if projection else encoder
+    network = network.to(target)
+    dim = info["model"]["proj_dim"] if projection and info["model"]["head"] != "none" else encoder.feature_dim
+    images = open_images(data, split, download)
+    size = info["config"].image_size
+    meta = {**_checkpoint_identity(Path(checkpoint)), "model": info["model"], "what": "z" if projection else "h",
+            "dim": dim, "count": len(images), "data": data, "split": split, "origin": images.origin,
+            "fingerprint": images.fingerprint or f"{images.origin}:{len(images)}", "image_size": size, "precision": precision}
+
+    work, mask, done = _open_work(out_path, meta)
+    loader = DataLoader(_CentreViews(images, transform, size), batch_size=batch_size, sampler=range(done, len(images)),
+                        num_workers=default_workers() if workers is None else workers,
+                        pin_memory=target.type == "cuda")
+    bar = tqdm(total=len(images), initial=done, desc="embed", unit="img", disable=not progress, dynamic_ncols=True)
+    for views, ok in loader:
+        with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            vectors = network(views.to(target, non_blocking=True))
+        work[done : done + len(views)] = vectors.float().cpu().numpy()
+        mask[done : done + len(views)] = ok.numpy()
+        done += len(views)
+        work.flush()
+        mask.flush()
+        _write_json(_progress_path(out_path), {**meta, "done": done})
+        bar.update(len(views))
+    bar.close()
+    skipped = [_name(images, i) for i in np.flatnonzero(~mask)]
+    meta["count"] = len(images) - len(skipped)
+    meta["skipped"] = skipped
+    _finish(out_path, sidecar, np.asarray(work)[mask], images, np.flatnonzero(mask), meta)
+    del work, mask
+    for path in _work_paths(out_path):
+        path.unlink(missing_ok=True)
+    return meta
+
+
+def _name(images: ImageSet, index: int) -> str:
+    return images.names[index] if images.names else str(index)
+
+
+def _work_paths(out: Path) -> tuple[Path, Path, Path]:
+    return out.with_name(out.name + ".partial.npy"), out.with_name(out.name + ".partial-ok.npy"), _progress_path(out)
+
+
+def _progress_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.json")
+
+
+def _open_work(out: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The memory-mapped work arrays and the number of images already in them (0 unless the same job was cut short)."""
+    vectors_path, ok_path, progress_path = _work_paths(out)
+    if progress_path.exists() and vectors_path.exists() and ok_path.exists():
+        saved = json.loads(progress_path.read_text())
+        if {k: v for k, v in saved.items() if k != "done"} == meta:
+            print(f"torchclr: resuming {out} at image {saved['done']:,} of {meta['count']:,}", flush=True)
+            return (np.load(vectors_path, mmap_mode="r+"), np.load(ok_path, mmap_mode="r+"), int(saved["done"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(meta["count"], meta["dim"]))
+    ok = np.lib.format.open_memmap(ok_path, mode="w+", dtype=np.bool_, shape=(meta["count"],))
+    _write_json(progress_path, {**meta, "done": 0})
+    return vectors, ok, 0
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(values, indent=2))
+    os.replace(tmp, path)
+
+
+def _finish(out: Path, sidecar: Path, vectors: np.ndarray, images: ImageSet, kept: np.ndarray, meta: dict[str, Any]) -> None:
+    names = [_name(images, int(i)) for i in kept]
+    labels = [int(images.labels[i]) for i in kept]
+    classes = [images.classes[label] if label >= 0 else "" for label in labels]
+    if out.suffix == ".parquet":
+        pa = _parquet()
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
+        table = pa.table({"name": names, "label": labels, "class": classes, "embedding": column})
+        pa.parquet.write_table(table, out)
+    else:
+        np.save(out, vectors)
+        with open(out.with_suffix(".csv"), "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["index", "name", "label", "class"])
+            writer.writerows(zip(range(len(names)), names, labels, classes))
+    _write_json(sidecar, {**meta, "classes": list(images.classes), "format": out.suffix[1:]})
+
+
+def load_embeddings(path: str | Path) -> Embeddings:
+    """Read what `embed` wrote (.npy + .csv + .json, or .parquet + .json); anything else is a UserError naming the file."""
+    out, sidecar = output_paths(path)
+    for needed in (out, sidecar):
+        if not needed.is_file():
+            raise UserError(f"embeddings {out}: {needed} does not exist (write it with torchclr embed)")
+    try:
+        meta = json.loads(sidecar.read_text())
+        if out.suffix == ".parquet":
+            table = _parquet().parquet.read_table(out)
+            flat = table.column("embedding").combine_chunks().flatten().to_numpy()
+            vectors = flat.reshape(len(table), -1).astype(np.float32, copy=False)
+            names, labels = table.column("name").to_pylist(), table.column("label").to_pylist()
+        else:
+            vectors = np.load(out, mmap_mode="r")
+            with open(out.with_suffix(".csv"), newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            names, labels = [row["name"] for row in rows], [int(row["label"]) for row in rows]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"embeddings {out} cannot be read: {err}") from None
+    if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != meta.get("dim"):
+        raise UserError(f"embeddings {out}: {vectors.shape} vectors do not match their {len(names)} names / sidecar {sidecar}")
+    return Embeddings(np.asarray(vectors), names, labels, meta.get("classes", []), meta, out)

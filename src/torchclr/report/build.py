@@ -1,0 +1,196 @@
+"""`torchclr report RUN_DIR`: what a run learned, on one offline HTML page with its PNGs beside it.
+
+Curves come from metrics.jsonl; the augmentation preview re-creates the run's first training batch (same sampler,
+seed and `BatchAugment` as `data.loaders.BatchedViews`); the 2-D map, the per-class accuracy (the kNN monitor
+recomputed with the final encoder, so its mean is the last monitored top-1) and the nearest-neighbour examples
+use the run's encoder on its labelled evaluation data. An unlabelled run shows its training images instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DistributedSampler
+
+from torchclr.config import PretrainConfig, from_dict
+from torchclr.data.cache import materialize, stored_side
+from torchclr.data.sources import ImageSet, open_images
+from torchclr.errors import UserError
+from torchclr.report import page, plots
+from torchclr.report.projection import project_2d
+
+PREVIEW_PAIRS = 8
+EXAMPLE_QUERIES = 6
+EXAMPLE_NEIGHBOURS = 8
+
+
+def read_run(run_dir: Path) -> tuple[PretrainConfig, list[dict[str, Any]]]:
+    """The run's config and metric records; a folder that is not a run is a UserError naming what is missing."""
+    metrics, config_file = run_dir / "metrics.jsonl", run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist")
+    for needed in (metrics, config_file):
+        if not needed.is_file():
+            raise UserError(f"run folder {run_dir} has no {needed.name} (give the --out-dir of a torchclr pretrain run)")
+    try:
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        config = from_dict(yaml.safe_load(config_file.read_text()) or {}, f"run folder {run_dir}")
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"run folder {run_dir}: cannot read its metrics or config: {err}") from None
+    if not records:
+        raise UserError(f"run folder {run_dir}: metrics.jsonl is empty (the run logged no step yet)")
+    return config, records
+
+
+def _subset(images: ImageSet, indices: list[int]) -> ImageSet:
+    labels = [images.labels[i] for i in indices]
+    if images.tensor is not None:
+        return dataclasses.replace(images, tensor=images.tensor[indices], labels=labels, fingerprint="")
+    return dataclasses.replace(images, names=[images.names[i] for i in indices], labels=labels, fingerprint="")
+
+
+def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, view 1, view 2) of the first `pairs` images of the run's first step on a single process.
+
+    Batched mode draws the whole first batch with the run's generator, as `BatchedViews.epoch(0)` does on the CPU;
+    per-image mode draws the run's transform afresh (its worker RNG is not replayed).
+    """
+    from torchclr.transforms import BatchAugment, TwoViews, view_transform
+
+    images = open_images(config.data, config.train_split, config.download)
+    sampler = DistributedSampler(range(len(images)), num_replicas=1, rank=0, shuffle=True, seed=config.seed, drop_last=True)
+    sampler.set_epoch(0)
+    batch_size = min(config.batch_size, len(images))
+    first = list(sampler)[:batch_size]
+    batch = materialize(_subset(images, first), stored_side(config.image_size)).tensor
+    assert batch is not None
+    spec = config.augment_spec()
+    if config.augment_mode == "batched":
+        generator = torch.Generator().manual_seed(config.seed * 1000)
+        one, two = BatchAugment(spec).two_views(batch, generator)
+    else:
+        torch.manual_seed(config.seed)
+        one, two = (torch.stack(v) for v in zip(*(TwoViews(view_transform(spec))(image) for image in batch[:pairs])))
+    return batch[:pairs], one[:pairs], two[:pairs]
+
+
+def _as_uint8(views: torch.Tensor) -> torch.Tensor:
+    return views.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 2000) -> Path:
+    """Write RUN_DIR/report/index.html and its PNGs; returns the page's path."""
+    from torchclr.evaluate.features import eval_images, extract_features
+    from torchclr.evaluate.knn import knn_predict
+    from torchclr.evaluate.monitor import open_labelled_eval
+    from torchclr.neighbors import contact_sheet, nearest
+    from torchclr.pretrained import load_encoder
+    from torchclr.train import resolve_device
+
+    run_dir = Path(run_dir)
+    config, records = read_run(run_dir)
+    plots.pyplot()  # before any work: a missing extra is said at once
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    target = resolve_device(device)
+    sections = [page.section("Run", page.table(_summary(run_dir, config, records)))]
+
+    shown = plots.curves(records, out / "curves.png")
+    if shown:
+        sections.append(page.section("Training curves", page.image("curves.png", ", ".join(shown))))
+
+    originals, one, two = first_batch_views(config)
+    contact_sheet([((image, "image"), [(a, "view 1"), (b, "view 2")])
+                   for image, a, b in zip(originals, _as_uint8(one), _as_uint8(two))], out / "views.png")
+    sections.append(page.section("Augmentation preview", page.image("views.png", "view pairs"),
+                                 f"The first {len(originals)} images of the run's first step and the two views the "
+                                 f"{config.augment_mode} training path made of them (seed {config.seed})."))
+
+    encoder_file = run_dir / "encoder.safetensors"
+    checkpoint = encoder_file if encoder_file.is_file() else _latest_checkpoint(run_dir)
+    if checkpoint is None:
+        sections.append(page.section("Representation", "<p>No encoder yet: the run has written no checkpoint.</p>"))
+        return _write(out, config, sections)
+    encoder = load_encoder(checkpoint).encoder.to(target)
+    labelled = open_labelled_eval(config)
+    if labelled is not None:
+        train, test = labelled.features(encoder, target)
+        scores = knn_predict(train, labelled.train_labels, test, labelled.num_classes, config.knn_k, config.knn_temperature)
+        classes = open_images(labelled.origin, "train").classes
+        correct = scores.argmax(1) == labelled.test_labels
+        per_class = {name: 100.0 * correct[labelled.test_labels == c].float().mean().item() for c, name in enumerate(classes)}
+        plots.per_class_bars(per_class, out / "per_class.png")
+        overall = 100.0 * correct.float().mean().item()
+        sections.append(page.section(
+            "Accuracy per class", page.image("per_class.png", "per-class accuracy") +
+            page.table([(k, f"{v:.1f}") for k, v in per_class.items()] + [("all", f"{overall:.2f}")], ("class", "kNN top-1 %")),
+            f"Weighted kNN (k = {config.knn_k}, T = {config.knn_temperature}) of {checkpoint.name} on {labelled.origin} "
+            f"({labelled.test_split} split), as the run's monitor measures it."))
+        bank_images, query_images = labelled.train_images, labelled.test_images
+        bank, queries, query_labels = train, test, labelled.test_labels.numpy()
+        what = f"{labelled.test_split} images"
+    else:
+        images = open_images(config.data, config.train_split, config.download)
+        chosen = np.linspace(0, len(images) - 1, min(max_points, len(images))).round().astype(int).tolist()
+        bank_images = query_images = eval_images(_subset(images, chosen), config.image_size)
+        bank = queries = extract_features(encoder, bank_images, target)
+        query_labels, classes, what = None, [], "training images (the run has no labelled evaluation data)"
+
+    shown_points = np.linspace(0, len(queries) - 1, min(max_points, len(queries))).round().astype(int)
+    points, method = project_2d(queries[shown_points].numpy(), config.seed)
+    plots.scatter(points, None if query_labels is None else query_labels[shown_points], classes,
+                  f"{method} of h, {len(shown_points):,} {what}", out / "map.png")
+    sections.append(page.section("Map of the representation", page.image("map.png", method),
+                                 f"{method} of the encoder's h for {len(shown_points):,} {what}."
+                                 + (" UMAP replaces PCA where umap-learn is installed: pip install 'torchclr[report]'." if method == "PCA" else "")))
+
+    picks = np.linspace(0, len(queries) - 1, min(EXAMPLE_QUERIES, len(queries))).round().astype(int)
+    exclude = picks if labelled is None else None
+    k = min(EXAMPLE_NEIGHBOURS, len(bank) - (1 if exclude is not None else 0))
+    found = nearest(bank.numpy(), queries[picks].numpy(), k, device=target, exclude=exclude)
+    bank_labels = labelled.train_labels.numpy() if labelled is not None else None
+
+    def caption(labels: np.ndarray | None, index: int, prefix: str) -> str:
+        return f"{prefix} {classes[int(labels[index])]}" if labels is not None else prefix
+
+    contact_sheet([((query_images[q], caption(query_labels, q, "")),
+                    [(bank_images[i], caption(bank_labels, i, f"{s:.2f}")) for i, s in zip(row, sims)])
+                   for q, row, sims in zip(picks, found.indices, found.similarities)], out / "neighbours.png")
+    sections.append(page.section("Nearest neighbours", page.image("neighbours.png", "nearest neighbours"),
+                                 f"Each row: a query from the {what} and its {k} nearest training images by cosine "
+                                 "similarity of h (similarity and class under each)."))
+    return _write(out, config, sections)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    from torchclr.runlog import RunLog
+
+    return RunLog(run_dir, writer_enabled=False).latest_checkpoint()
+
+
+def _summary(run_dir: Path, config: PretrainConfig, records: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    last = records[-1]
+    rows: list[tuple[str, Any]] = [("folder", run_dir), ("data", config.data), ("encoder", f"{config.arch} at {config.image_size} px"),
+                                   ("loss", f"{config.loss}, temperature {config.temperature}"),
+                                   ("batch size / epochs", f"{config.batch_size} / {config.epochs}"),
+                                   ("reached", f"epoch {last.get('epoch')}, step {last.get('step')}")]
+    knn = [r["knn_top1"] for r in records if "knn_top1" in r]
+    if knn:
+        rows.append(("last kNN monitor top-1 %", f"{knn[-1]:.2f}"))
+    linear = run_dir / "linear_eval.json"
+    if linear.is_file():
+        for name, result in json.loads(linear.read_text()).items():
+            rows.append((f"linear probe: {name}", f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"))
+    return rows
+
+
+def _write(out: Path, config: PretrainConfig, sections: list[str]) -> Path:
+    path = out / "index.html"
+    path.write_text(page.page(f"torchclr report: {Path(config.out_dir).name}", sections))
+    return path
