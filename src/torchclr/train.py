@@ -157,7 +157,8 @@ def _view_batches(config: PretrainConfig, device: torch.device, rank: int, world
         raise UserError(f"data {images.origin} has {len(images)} images, fewer than --batch-size {config.batch_size}")
     spec = config.augment_spec()
     if config.augment_mode == "batched":
-        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir)
+        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir,
+                            config.stored_size)
     return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
 
 
