@@ -19,7 +19,8 @@ DEVICE=${DEVICE:-cuda}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 start=$SECONDS
 if ! "$PYTHON" -c "import lightly" 2>/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --find-links .whl --no-compile --target /tmp/lightly-site lightly==1.6.0
+    # --no-deps: lightly declares many requirements (hydra-core, ...) that its SimCLR parts never import
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/lightly-site .whl/*.whl
     export PYTHONPATH="$PYTHONPATH:/tmp/lightly-site"
 fi
 if [ -z "${DATA:-}" ]; then
