@@ -67,11 +67,6 @@ def pad_to(image: torch.Tensor, side: int) -> torch.Tensor:
     return out
 
 
-def stored_bytes_per_image(side: int) -> int:
-    """What one stored image costs in memory (uint8 RGB, padded square) - whatever its own shape."""
-    return 3 * side * side
-
-
 def materialize_padded(images: ImageSet, side: int, cache_dir: str | Path | None = None) -> ImageSet:
     """`images` held as a padded uint8 tensor [N, 3, S, S] (S <= side, the largest stored side) with `sizes`.
 
