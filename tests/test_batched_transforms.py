@@ -156,30 +156,45 @@ def test_colour_statistics_follow_v2(spec: AugmentSpec) -> None:
 
 
 def test_jitter_order_is_drawn_per_image() -> None:
-    """Every jittered image meets the four ops once each, in one of the 24 orders, all about equally often."""
+    """80% of the images are jittered, each with its own order of the four ops: all 24 orders about equally often."""
     count = 4800
-    images = (torch.arange(count, dtype=torch.float32) / 8192).view(-1, 1, 1, 1).expand(-1, 3, 8, 8)
-    positions = torch.full((count, 4), -1)  # positions[i, k]: when op k met image i
-
-    def recorder(op_index: int) -> Callable[[Tensor, Tensor], Tensor]:
-        def record(chosen: Tensor, factors: Tensor) -> Tensor:
-            ids = (chosen[:, 0, 0, 0] * 8192).round().long()
-            positions[ids, op_index] = (positions[ids] >= 0).sum(dim=1)
-            return chosen
-
-        return record
-
     augment = BatchAugment(only(8, jitter_p=0.8))
-    augment._jitter_ops = [(recorder(k), low, high) for k, (_, low, high) in enumerate(augment._jitter_ops)]
-    augment(images, torch.Generator().manual_seed(0))
-    applied = (positions >= 0).any(dim=1)
+    plans: list[tuple[Tensor, Tensor]] = []
+    jitter = augment.jitter
+
+    def record(images: Tensor, applied: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+        plans.append((applied, order))
+        return jitter(images, applied, factors, order)
+
+    augment.jitter = record  # type: ignore[method-assign]
+    augment(torch.rand(count, 3, 8, 8), torch.Generator().manual_seed(0))
+    (applied, order), = plans
     assert_share(applied, 0.8)
-    assert (positions[~applied] == -1).all()
-    assert (positions[applied].sort(dim=1).values == torch.arange(4)).all()
-    orders = (positions[applied] * torch.tensor([64, 16, 4, 1])).sum(dim=1)
-    counts = torch.unique(orders, return_counts=True)[1].float()
+    assert (order.sort(dim=1).values == torch.arange(4)).all()
+    codes = (order[applied] * torch.tensor([64, 16, 4, 1])).sum(dim=1)
+    counts = torch.unique(codes, return_counts=True)[1].float()
     expected = applied.sum() / 24
     assert len(counts) == 24 and ((counts - expected) ** 2 / expected).sum() < 49.7  # chi-square, 23 dof, 0.001
+
+
+def test_jitter_applies_each_images_ops_in_its_own_order_as_torchvision() -> None:
+    """Image i meets op order[i, p] at step p with its own factor; the images not applied are left exactly alone."""
+    images = colour_batch().repeat(3, 1, 1, 1)
+    count = len(images)
+    generator = torch.Generator().manual_seed(1)
+    augment = BatchAugment(only(12, jitter_p=0.8, jitter_strength=1.0))
+    applied = torch.arange(count) % 4 != 0
+    factors = torch.stack([torch.empty(count).uniform_(low, high, generator=generator)
+                           for _, low, high, _ in augment._jitter_ops], dim=1)
+    order = torch.rand(count, 4, generator=generator).argsort(dim=1)
+    out = augment.jitter(images, applied, factors, order)
+    reference_ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(count):
+        expected = images[i]
+        if applied[i]:
+            for op_index in order[i].tolist():
+                expected = reference_ops[op_index](expected, factors[i, op_index].item())
+        torch.testing.assert_close(out[i], expected, rtol=0, atol=2e-5 if applied[i] else 0)
 
 
 OPS: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, float], Tensor], tuple[float, float]]] = {

@@ -69,3 +69,58 @@ def test_optimizer_state_survives_the_round_trip(tmp_path: Path) -> None:
     for key, value in optimizer.state_dict()["state"][0].items():
         assert torch.equal(fresh.state_dict()["state"][0][key], value)
     assert json.dumps(fresh.state_dict()["param_groups"]) == json.dumps(optimizer.state_dict()["param_groups"])
+
+
+def _training_checkpoint(tmp_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    path = tmp_path / "t.safetensors"
+    checkpoint.save_training(path, model, optimizer, scheduler, None, {"epoch": 1, "step": 1})
+    return path
+
+
+def test_momentum_comes_back_in_the_parameters_memory_format(tmp_path: Path) -> None:
+    from torchclr.optim import build_optimizer
+
+    def channels_last_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_encoder("resnet18", 32).to(memory_format=torch.channels_last)
+
+    model = channels_last_model()
+    optimizer = build_optimizer(model, "lars", lr=0.1, weight_decay=1e-6, momentum=0.9)
+    model(torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)).sum().backward()
+    optimizer.step()
+    tensors, meta = checkpoint.load(_training_checkpoint(tmp_path, model, optimizer))
+    fresh = channels_last_model()
+    fresh_optimizer = build_optimizer(fresh, "lars", lr=0.1, weight_decay=1e-6, momentum=0.9)
+    checkpoint.restore_training(tensors, meta, fresh_optimizer, torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda s: 1.0), None)
+    convolutions = [p for p in fresh.parameters() if p.ndim == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    for param, saved in zip(fresh.parameters(), model.parameters(), strict=True):
+        buffer = fresh_optimizer.state[param]["momentum_buffer"]
+        assert buffer.stride() == param.stride()
+        assert torch.equal(buffer, optimizer.state[saved]["momentum_buffer"])
+
+
+def test_rng_states_of_gpus_this_machine_lacks_are_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint from 12 GPUs resumed on 2: GPUs 0 and 1 get their own states (by number, not by name order)."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tensors, meta = checkpoint.load(_training_checkpoint(tmp_path, model, optimizer))
+    tensors.update({f"rng.cuda.{i}": torch.full((16,), i, dtype=torch.uint8) for i in range(12)})
+    restored: dict[int, torch.Tensor] = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.__setitem__(device, state))
+    checkpoint.restore_rng_state(tensors, meta["rng"], None)
+    assert sorted(restored) == [0, 1]
+    assert all(torch.equal(restored[i], torch.full((16,), i, dtype=torch.uint8)) for i in restored)
+
+
+def test_a_generator_state_of_another_kind_leaves_the_generator_as_it_is() -> None:
+    generator = torch.Generator().manual_seed(5)
+    before = generator.get_state()
+    checkpoint.set_generator_state(generator, torch.zeros(16, dtype=torch.uint8))  # a CUDA generator's size
+    assert torch.equal(generator.get_state(), before)
+    other = torch.Generator().manual_seed(7).get_state()
+    checkpoint.set_generator_state(generator, other)
+    assert torch.equal(generator.get_state(), other)

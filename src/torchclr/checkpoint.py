@@ -94,15 +94,25 @@ def rng_state(augment_generator: torch.Generator | None) -> tuple[dict[str, torc
 
 
 def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], augment_generator: torch.Generator | None) -> None:
+    """Every RNG as saved; the states of GPUs this machine lacks (a run resumed on fewer GPUs) are left out."""
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if torch.cuda.is_available():
+        present = torch.cuda.device_count()
+        for key, state in tensors.items():
+            if key.startswith("rng.cuda.") and int(key.rsplit(".", 1)[1]) < present:
+                torch.cuda.set_rng_state(state, int(key.rsplit(".", 1)[1]))
     if augment_generator is not None and "rng.augment" in tensors:
-        augment_generator.set_state(tensors["rng.augment"])
+        set_generator_state(augment_generator, tensors["rng.augment"])
     random.setstate(_to_tuple(meta["python"]))
     kind, keys, pos, has_gauss, gauss = meta["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def set_generator_state(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Restore a generator, unless the state is another kind's (a GPU generator's state resumed on the CPU or the
+    reverse): the generator then keeps its fresh seed rather than failing the resume."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
 
 
 def _to_json(value: Any) -> Any:
@@ -171,7 +181,22 @@ def restore_training(
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    _match_parameter_layout(optimizer)
     scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     restore_rng_state(tensors, meta["rng"], augment_generator)
+
+
+def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (momentum, ...) its parameter's memory format again.
+
+    The file holds contiguous tensors and `load_state_dict` keeps them so: channels_last convolutions would then
+    update from contiguous buffers, a layout conversion on every step.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -40,6 +40,9 @@ class PretrainConfig:
     augment_mode: str = _opt("batched", "'batched': decode once, augment whole batches on the training device (fast); "
                              "'per-image': torchvision v2 per image in DataLoader workers (the reference)", ("batched", "per-image"))
     cache_dir: str | None = _opt(None, "folder for the decoded-image cache (memory-mapped, keyed by the data's content); default: memory only")
+    stored_size: int | None = _opt(None, "--augment-mode batched: side (px) that each image's longer side is stored at; the "
+                                   "random crops are drawn from the whole stored image. Costs 3 x side^2 bytes per image; "
+                                   "default: --image-size / sqrt(smallest crop scale), rounded up to 8 (120 at 32 px, 792 at 224)")
     download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10 (needs a network)")
     workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image; default: from the core count")
     # augmentation (paper, appendix A)
@@ -109,6 +112,9 @@ class PretrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.stored_size is not None and self.stored_size < self.image_size:
+            raise UserError(f"--stored-size {self.stored_size} is smaller than --image-size {self.image_size}: "
+                            "crops would be blown up from a smaller picture")
         for name in ("temperature", "knn_temperature", "lr", "dist_timeout"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")

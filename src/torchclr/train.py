@@ -158,7 +158,8 @@ def _view_batches(config: PretrainConfig, device: torch.device, rank: int, world
         raise UserError(f"data {images.origin} has {len(images)} images, fewer than --batch-size {config.batch_size}")
     spec = config.augment_spec()
     if config.augment_mode == "batched":
-        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir)
+        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir,
+                            config.stored_size)
     return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
 
 
@@ -201,9 +202,9 @@ def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepCont
     # the checkpoint comes from a run with fewer processes.
     rank, generator = distributed.rank(), getattr(batches, "generator", None)
     checkpoint.restore_training(tensors, meta, ctx.optimizer, ctx.scheduler, generator if rank == 0 else None, ctx.scaler)
-    own_state = tensors.get(_rank_key(rank))
+    own_state = tensors.get(_rank_key(rank))  # the states of ranks this run does not have are left unused
     if generator is not None and own_state is not None:
-        generator.set_state(own_state)
+        checkpoint.set_generator_state(generator, own_state)
     return int(meta["epoch"]), int(meta["step"])
 
 

@@ -12,12 +12,13 @@ from typing import Iterator, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from torchclr.data.cache import materialize, stored_side
+from torchclr import distributed
+from torchclr.data.cache import default_stored_size, materialize_padded
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
 from torchclr.transforms import AugmentSpec, BatchAugment, TwoViews, view_transform
 
-GPU_RESIDENT_MAX_BYTES = 4 << 30  # keep decoded data sets up to this size on the GPU itself
+GPU_RESIDENT_SHARE = 0.25  # keep a decoded data set on the GPU itself when it takes at most this share of its free memory
 
 ViewPair = tuple[torch.Tensor, torch.Tensor]
 
@@ -32,18 +33,56 @@ def _sampler(size: int, seed: int, rank: int, world: int) -> DistributedSampler:
     return DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
 
 
+def hold_in_memory(images: ImageSet, side: int, cache_dir: str | None) -> ImageSet:
+    """`materialize_padded`, decoded once per machine: with a cache folder and several processes, each machine's
+    first process decodes and writes the file while the others wait, then they all memory-map it (one copy in RAM)."""
+    if cache_dir and distributed.world_size() > 1:
+        if distributed.local_rank() == 0:
+            held = materialize_padded(images, side, cache_dir)
+        distributed.barrier()
+        if distributed.local_rank() != 0:
+            held = materialize_padded(images, side, cache_dir)  # finds the file just written
+        return held
+    return materialize_padded(images, side, cache_dir)
+
+
+def fits_on_device(tensor: torch.Tensor, device: torch.device) -> bool:
+    """Whether a GPU has room for `tensor` beside training (a share of its free memory); False for the CPU."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return tensor.numel() * tensor.element_size() <= GPU_RESIDENT_SHARE * free
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: through pinned memory into an asynchronous copy."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 class BatchedViews:
-    """Index the decoded uint8 tensor and augment the whole batch at once where the model runs."""
+    """Index the decoded uint8 tensor and augment the whole batch at once where the model runs.
+
+    Images are held whole (longer side at most `stored_size`, default from the view size and the smallest crop
+    scale), padded, with their valid sizes. On a GPU the set lives on the device when it fits; otherwise it stays
+    in (shared, memory-mapped) host memory and each batch is gathered there and copied asynchronously. A step
+    makes no synchronising call: the epoch's order is copied to the device once, and BatchAugment draws on it.
+    """
 
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
-                 seed: int, rank: int = 0, world: int = 1, cache_dir: str | None = None) -> None:
-        tensor = materialize(images, stored_side(spec.image_size), cache_dir).tensor
+                 seed: int, rank: int = 0, world: int = 1, cache_dir: str | None = None,
+                 stored_size: int | None = None) -> None:
+        side = stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+        held = hold_in_memory(images, side, cache_dir)
+        tensor, sizes = held.tensor, held.sizes
         assert tensor is not None
-        if device.type == "cuda" and tensor.numel() <= GPU_RESIDENT_MAX_BYTES:
+        if fits_on_device(tensor, device):
             tensor = tensor.to(device)
-        elif device.type == "cuda":
-            tensor = tensor.pin_memory()
         self.images, self.device, self.batch_size = tensor, device, batch_size
+        self.sizes = None if sizes is None else sizes.to(tensor.device)
         self.sampler = _sampler(len(tensor), seed, rank, world)
         self.steps_per_epoch = len(self.sampler) // batch_size
         self.augment = BatchAugment(spec)
@@ -52,11 +91,12 @@ class BatchedViews:
 
     def epoch(self, epoch: int) -> Iterator[ViewPair]:
         self.sampler.set_epoch(epoch)
-        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        order = _to_device(torch.tensor(list(self.sampler), dtype=torch.long), self.images.device)
         for step in range(self.steps_per_epoch):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            batch = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
-            yield self.augment.two_views(batch, self.generator)
+            batch = _to_device(self.images[index], self.device)
+            sizes = None if self.sizes is None else _to_device(self.sizes[index], self.device)
+            yield self.augment.two_views(batch, self.generator, sizes)
 
 
 class _TwoViewDataset(Dataset):

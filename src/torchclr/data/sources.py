@@ -30,7 +30,11 @@ UNLABELLED = -1
 
 @dataclass
 class ImageSet:
-    """Images by index as uint8 [3, H, W]; either held in `tensor` or decoded from files by `read_bytes`."""
+    """Images by index as uint8 [3, H, W]; either held in `tensor` or decoded from files by `read_bytes`.
+
+    A held `tensor` of images of different shapes is padded (top-left aligned); `sizes` [N, 2] then gives each
+    image's valid (height, width). None means every image fills the tensor.
+    """
 
     origin: str
     labels: list[int]
@@ -39,6 +43,7 @@ class ImageSet:
     names: list[str] = field(default_factory=list)
     read_bytes: Callable[[str], bytes] | None = None
     fingerprint: str = ""
+    sizes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,6 +54,9 @@ class ImageSet:
 
     def image(self, index: int) -> torch.Tensor:
         if self.tensor is not None:
+            if self.sizes is not None:
+                height, width = self.sizes[index].tolist()
+                return self.tensor[index, :, :height, :width]
             return self.tensor[index]
         assert self.read_bytes is not None
         name = self.names[index]

@@ -71,7 +71,8 @@ def adjust_hue(images: Tensor, shifts: Tensor) -> Tensor:
         torch.where(value == green, blue - red + 2 * chroma, red - green + 4 * chroma),
     )
     sixths = sector_offset.div_(torch.where(chroma > 0, chroma, 1.0)).add_(6 * shifts.view(-1, 1, 1))
-    channel_offsets = torch.tensor((5.0, 3.0, 1.0), dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    # n = 5, 3, 1 made on the device itself: a torch.tensor of constants would be a copy from the host every call.
+    channel_offsets = torch.arange(5.0, 0.0, -2.0, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     k = (sixths.unsqueeze(1) + channel_offsets).remainder_(6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return value.unsqueeze(1) - chroma.unsqueeze(1) * ramp
@@ -109,8 +110,8 @@ def solarize(images: Tensor, threshold: float) -> Tensor:
 
 def sample_crop_boxes(
     count: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     device: torch.device | str = "cpu",
@@ -118,37 +119,45 @@ def sample_crop_boxes(
 ) -> Tensor:
     """Boxes [count, 4] (left, top, right, bottom) in pixels, drawn as torchvision's RandomResizedCrop draws them.
 
-    Each box takes the first of 10 tries (area uniform in scale·H·W, log-uniform aspect ratio) that fits
-    in the image, and the central crop when none does.
+    `height` and `width` are the image's, or one per box (tensors [count] on `device`: each box is drawn for its
+    own image). Each box takes the first of 10 tries (area uniform in scale·H·W, log-uniform aspect ratio) that
+    fits in its image, and the central crop when none does. Everything is drawn on `device`.
     """
+    heights, widths = (_per_box(value, count, device) for value in (height, width))
 
     def tries(low: float, high: float) -> Tensor:
         draws = torch.empty(count, _CROP_TRIES, dtype=torch.float32, device=device)
         return draws.uniform_(low, high, generator=generator)
 
-    areas = tries(*scale).mul_(height * width)
+    areas = tries(*scale).mul_((heights * widths).unsqueeze(1))
     aspects = tries(math.log(ratio[0]), math.log(ratio[1])).exp_()
-    widths = (areas * aspects).sqrt_().round_()
-    heights = (areas / aspects).sqrt_().round_()
-    fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
+    try_widths = (areas * aspects).sqrt_().round_()
+    try_heights = (areas / aspects).sqrt_().round_()
+    fits = (try_widths > 0) & (try_widths <= widths[:, None]) & (try_heights > 0) & (try_heights <= heights[:, None])
     first_fit = fits.int().argmax(dim=1, keepdim=True)
     found = fits.any(dim=1)
-    fallback_width, fallback_height = _central_crop_size(height, width, ratio)
-    crop_width = torch.where(found, widths.gather(1, first_fit).squeeze(1), fallback_width)
-    crop_height = torch.where(found, heights.gather(1, first_fit).squeeze(1), fallback_height)
-    left = _random_offset(width - crop_width, found, generator)
-    top = _random_offset(height - crop_height, found, generator)
+    fallback_width, fallback_height = _central_crop_size(heights, widths, ratio)
+    crop_width = torch.where(found, try_widths.gather(1, first_fit).squeeze(1), fallback_width)
+    crop_height = torch.where(found, try_heights.gather(1, first_fit).squeeze(1), fallback_height)
+    left = _random_offset(widths - crop_width, found, generator)
+    top = _random_offset(heights - crop_height, found, generator)
     return torch.stack((left, top, left + crop_width, top + crop_height), dim=1)
 
 
-def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+def _per_box(value: int | Tensor, count: int, device: torch.device | str) -> Tensor:
+    """float32 [count] from one size for all boxes (filled on the device, no copy from the host) or one per box."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=torch.float32)
+    return torch.full((count,), float(value), dtype=torch.float32, device=device)
+
+
+def _central_crop_size(heights: Tensor, widths: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
     """RandomResizedCrop's fallback: the whole image, trimmed to the nearest allowed aspect ratio."""
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        return width, int(round(width / ratio[0]))
-    if in_ratio > ratio[1]:
-        return int(round(height * ratio[1])), height
-    return width, height
+    in_ratio = widths / heights
+    too_tall, too_wide = in_ratio < ratio[0], in_ratio > ratio[1]
+    crop_width = torch.where(too_wide, (heights * ratio[1]).round(), widths)
+    crop_height = torch.where(too_tall, (widths / ratio[0]).round(), heights)
+    return crop_width, crop_height
 
 
 def _random_offset(slack: Tensor, is_random: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -156,6 +165,22 @@ def _random_offset(slack: Tensor, is_random: Tensor, generator: torch.Generator 
     uniform = torch.rand(slack.shape, dtype=slack.dtype, device=slack.device, generator=generator)
     drawn = torch.minimum((uniform * (slack + 1)).floor_(), slack)  # rounding may reach slack + 1
     return torch.where(is_random, drawn, torch.div(slack, 2, rounding_mode="floor"))
+
+
+def _replicate_last_valid_row_and_column(pixels: Tensor, sizes: Tensor) -> Tensor:
+    """Copy each image's last valid row and column over the first padding row and column, in place.
+
+    Bilinear samples near a crop's bottom or right edge read one pixel beyond it; at the image's own edge that
+    must be the edge again (as torchvision's resize clamps), never the padding. Where an image fills the tensor
+    the copy writes its edge onto itself. Index tensors, no selection: the device never waits for the host.
+    """
+    batch, _, height, width = pixels.shape
+    images = torch.arange(batch, device=pixels.device)
+    valid_height, valid_width = sizes[:, 0].long(), sizes[:, 1].long()
+    rows_to, cols_to = valid_height.clamp(max=height - 1), valid_width.clamp(max=width - 1)
+    pixels[images, :, rows_to, :] = pixels[images, :, valid_height - 1, :]
+    pixels[images, :, :, cols_to] = pixels[images, :, :, valid_width - 1]
+    return pixels
 
 
 def _flip(images: Tensor) -> Tensor:
@@ -166,51 +191,56 @@ def _grayscale_rgb(images: Tensor) -> Tensor:
     return rgb_to_grayscale(images).expand_as(images)
 
 
-def _apply_where(images: Tensor, chosen: Tensor, op: PerImageOp, *per_image: Tensor) -> None:
-    """Replace in place the chosen images by op(images, *their per-image values); the others cost nothing."""
-    index = chosen.nonzero().squeeze(1)
-    if index.numel() > 0:
-        selected = (values.index_select(0, index) for values in per_image)
-        images.index_copy_(0, index, op(images.index_select(0, index), *selected))
+def _apply_where(images: Tensor, chosen: Tensor, op: PerImageOp, *per_image: Tensor) -> Tensor:
+    """op(images, *per_image) for the chosen images, the images themselves for the others.
+
+    Every image is computed and the choice is a mask, not a selection: no `nonzero`, so the device never waits
+    for the host to learn how many were chosen (and the step can be captured in a CUDA graph).
+    """
+    return torch.where(_per_image(chosen), op(images, *per_image), images)
+
+
+JITTER_OPS: dict[str, PerImageOp] = {
+    "brightness": adjust_brightness, "contrast": adjust_contrast, "saturation": adjust_saturation, "hue": adjust_hue,
+}
 
 
 class BatchAugment(nn.Module):
     """SimCLR views of a batch [B,3,H,W] (uint8, or float in [0,1]) as float32 [B,3,S,S] in [0,1].
 
     Every image gets its own crop, flip, jitter factors and order, grayscale, blur sigma and solarize draws;
-    all random numbers come from `generator` (or the default one) on the batch's device.
+    all random numbers come from `generator` (or the default one) on the batch's device. A batch of images of
+    different shapes comes padded (top-left aligned) with `sizes` [B,2], each image's valid (height, width):
+    every crop is then drawn inside its own image, at its own aspect ratio, and the padding never reaches a view.
+    No op makes the device wait for the host.
     """
 
     def __init__(self, spec: AugmentSpec) -> None:
         super().__init__()
         self.spec = spec
-        brightness, contrast, saturation, hue = spec.jitter
-        self._jitter_ops: list[tuple[PerImageOp, float, float]] = [
-            (op, max(0.0, 1.0 - amplitude), 1.0 + amplitude)
-            for op, amplitude in (
-                (adjust_brightness, brightness),
-                (adjust_contrast, contrast),
-                (adjust_saturation, saturation),
-            )
-            if amplitude > 0
+        amplitudes = dict(zip(("brightness", "contrast", "saturation"), spec.jitter[:3]))
+        # (op, the factor range, the factor that leaves an image as it is)
+        self._jitter_ops: list[tuple[str, float, float, float]] = [
+            (name, max(0.0, 1.0 - amplitude), 1.0 + amplitude, 1.0) for name, amplitude in amplitudes.items() if amplitude > 0
         ]
-        if hue > 0:
-            self._jitter_ops.append((adjust_hue, -hue, hue))
+        if spec.jitter[3] > 0:
+            self._jitter_ops.append(("hue", -spec.jitter[3], spec.jitter[3], 0.0))
 
     def extra_repr(self) -> str:
         return repr(self.spec)
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self._augment(images, 1, generator)
+    def forward(self, images: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None) -> Tensor:
+        return self._augment(images, 1, generator, sizes)
 
-    def two_views(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def two_views(self, images: Tensor, generator: torch.Generator | None = None,
+                  sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Two independent views of every image, drawn in one pass over a batch of 2B."""
-        first, second = self._augment(images, 2, generator).chunk(2)
+        first, second = self._augment(images, 2, generator, sizes).chunk(2)
         return first, second
 
-    def _augment(self, images: Tensor, views: int, generator: torch.Generator | None) -> Tensor:
+    def _augment(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
         spec = self.spec
-        out = self._crop(images, views, generator)
+        out = self._crop(images, views, generator, sizes)
         count = len(out)
 
         def drawn(probability: float) -> Tensor:
@@ -220,41 +250,64 @@ class BatchAugment(nn.Module):
             return out.new_empty(count).uniform_(low, high, generator=generator)
 
         if spec.flip_p > 0:
-            _apply_where(out, drawn(spec.flip_p), _flip)
+            out = _apply_where(out, drawn(spec.flip_p), _flip)
         if spec.jitter_p > 0 and self._jitter_ops:
             applied = drawn(spec.jitter_p)
-            factors = [uniform(low, high) for _, low, high in self._jitter_ops]
-            order = torch.rand(count, len(factors), device=out.device, generator=generator).argsort(dim=1)
-            for position in range(len(factors)):
-                for index, ((op, _, _), factor) in enumerate(zip(self._jitter_ops, factors)):
-                    _apply_where(out, applied & (order[:, position] == index), op, factor)
+            factors = torch.stack([uniform(low, high) for _, low, high, _ in self._jitter_ops], dim=1)
+            order = torch.rand(count, len(self._jitter_ops), device=out.device, generator=generator).argsort(dim=1)
+            out = self.jitter(out, applied, factors, order)
         if spec.grayscale_p > 0:
-            _apply_where(out, drawn(spec.grayscale_p), _grayscale_rgb)
+            out = _apply_where(out, drawn(spec.grayscale_p), _grayscale_rgb)
         if spec.effective_blur_p > 0:
             blur = partial(gaussian_blur, kernel_size=spec.blur_kernel_size)
-            _apply_where(out, drawn(spec.effective_blur_p), blur, uniform(*spec.blur_sigma))
+            out = _apply_where(out, drawn(spec.effective_blur_p), blur, uniform(*spec.blur_sigma))
         if spec.solarize_p > 0:
-            _apply_where(out, drawn(spec.solarize_p), partial(solarize, threshold=spec.solarize_threshold))
+            out = _apply_where(out, drawn(spec.solarize_p), partial(solarize, threshold=spec.solarize_threshold))
         return out
 
-    def _crop(self, images: Tensor, views: int, generator: torch.Generator | None) -> Tensor:
+    def jitter(self, images: Tensor, applied: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+        """Colour jitter of the `applied` images: op order[i, p] at step p, with factor factors[i, op].
+
+        Each step runs every op on every image, with the factor that leaves an image unchanged (1, or a hue
+        shift of 0) wherever the op is not this image's op at this step: the ops stay exact and nothing is selected.
+        """
+        for position in range(order.shape[1]):
+            current = order[:, position]
+            for index, (name, _, _, identity) in enumerate(self._jitter_ops):
+                chosen = applied & (current == index)
+                if name == "hue":  # a zero shift is the identity only up to rounding: keep the others' pixels exact
+                    images = _apply_where(images, chosen, adjust_hue, factors[:, index])
+                else:
+                    images = JITTER_OPS[name](images, torch.where(chosen, factors[:, index], identity))
+        return images
+
+    def _crop(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
         """views random crops of every image, resized to S×S, as a new float32 tensor [views·B,3,S,S] in [0,1]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a batch of RGB images [B,3,H,W], got shape {tuple(images.shape)}")
         if images.dtype != torch.uint8 and not images.is_floating_point():
             raise TypeError(f"expected uint8 or float images, got {images.dtype}")
+        if sizes is not None and tuple(sizes.shape) != (len(images), 2):
+            raise ValueError(f"expected sizes [B,2] for {len(images)} images, got shape {tuple(sizes.shape)}")
         batch, _, height, width = images.shape
         size = self.spec.image_size
-        pixels = images.to(torch.float32)
-        if self.spec.crop:
+        pixels = images.to(torch.float32, copy=sizes is not None)  # the edge copy below must not touch the caller's
+        if sizes is not None:
+            pixels = _replicate_last_valid_row_and_column(pixels, sizes)
+        if self.spec.crop or sizes is not None:
             count = views * batch
-            boxes = sample_crop_boxes(
-                count, height, width, self.spec.crop_scale, self.spec.crop_ratio, images.device, generator
-            )
-            source = torch.arange(count, device=images.device).remainder_(batch).to(boxes.dtype)
+            source = torch.arange(count, device=images.device).remainder_(batch)
+            heights, widths = (height, width) if sizes is None else sizes[source].to(torch.float32).unbind(dim=1)
+            if self.spec.crop:
+                boxes = sample_crop_boxes(
+                    count, heights, widths, self.spec.crop_scale, self.spec.crop_ratio, images.device, generator
+                )
+            else:  # each image's valid region, whole
+                zeros = torch.zeros(count, device=images.device)
+                boxes = torch.stack((zeros, zeros, widths, heights), dim=1)
             # Adaptive sampling averages ceil(crop/size)² bilinear samples per output pixel: a box filter
             # against aliasing where the crop is larger than the view (RandomResizedCrop uses a triangle).
-            out = roi_align(pixels, torch.cat((source[:, None], boxes), dim=1), size, 1.0, -1, True)
+            out = roi_align(pixels, torch.cat((source[:, None].to(boxes.dtype), boxes), dim=1), size, 1.0, -1, True)
         else:
             if (height, width) != (size, size):
                 pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
