@@ -56,8 +56,8 @@ def fits_on_device(tensor: torch.Tensor, device: torch.device) -> bool:
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on `device` without making the host wait: through pinned memory into an asynchronous copy."""
-    if tensor.device == device:
-        return tensor
+    if tensor.device.type != "cpu":
+        return tensor.to(device, non_blocking=True)
     if device.type == "cuda":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
