@@ -7,6 +7,7 @@ is decoded again rather than read stale.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,28 @@ def stored_side(image_size: int) -> int:
     """Side at which images are held: the view size for small images, 1/0.875 of it for larger ones
     (room for the evaluation centre crop, as in ImageNet's resize-256/crop-224)."""
     return image_size if image_size <= 64 else round(image_size / 0.875)
+
+
+def default_stored_size(image_size: int, crop_scale: tuple[float, float]) -> int:
+    """Longest side at which images are held: a crop of the smallest scale still has the view's resolution."""
+    return math.ceil(image_size / math.sqrt(crop_scale[0]))
+
+
+def fit_within(image: torch.Tensor, side: int) -> torch.Tensor:
+    """Resize uint8 [3, H, W] so that max(h, w) <= side, keeping the aspect ratio; never upscales."""
+    height, width = image.shape[-2:]
+    longest = max(height, width)
+    if longest <= side:
+        return image
+    size = [max(1, round(height * side / longest)), max(1, round(width * side / longest))]
+    return TF.resize(image, size, antialias=True)
+
+
+def pad_to(image: torch.Tensor, side: int) -> torch.Tensor:
+    """uint8 [3, side, side] holding `image` at the top left, zeros elsewhere: one shape for images of any aspect."""
+    out = image.new_zeros((image.shape[0], side, side))
+    out[:, : image.shape[-2], : image.shape[-1]] = image
+    return out
 
 
 def square(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -109,8 +109,8 @@ def solarize(images: Tensor, threshold: float) -> Tensor:
 
 def sample_crop_boxes(
     count: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     device: torch.device | str = "cpu",
@@ -118,37 +118,39 @@ def sample_crop_boxes(
 ) -> Tensor:
     """Boxes [count, 4] (left, top, right, bottom) in pixels, drawn as torchvision's RandomResizedCrop draws them.
 
+    `height` and `width` are the image's, or one per box (images of different sizes padded into one batch).
     Each box takes the first of 10 tries (area uniform in scale·H·W, log-uniform aspect ratio) that fits
-    in the image, and the central crop when none does.
+    in its image, and the central crop when none does.
     """
 
     def tries(low: float, high: float) -> Tensor:
         draws = torch.empty(count, _CROP_TRIES, dtype=torch.float32, device=device)
         return draws.uniform_(low, high, generator=generator)
 
-    areas = tries(*scale).mul_(height * width)
+    image_height = torch.as_tensor(height, dtype=torch.float32, device=device).expand(count)
+    image_width = torch.as_tensor(width, dtype=torch.float32, device=device).expand(count)
+    areas = tries(*scale).mul_((image_height * image_width)[:, None])
     aspects = tries(math.log(ratio[0]), math.log(ratio[1])).exp_()
     widths = (areas * aspects).sqrt_().round_()
     heights = (areas / aspects).sqrt_().round_()
-    fits = (widths > 0) & (widths <= width) & (heights > 0) & (heights <= height)
+    fits = (widths > 0) & (widths <= image_width[:, None]) & (heights > 0) & (heights <= image_height[:, None])
     first_fit = fits.int().argmax(dim=1, keepdim=True)
     found = fits.any(dim=1)
-    fallback_width, fallback_height = _central_crop_size(height, width, ratio)
+    fallback_width, fallback_height = _central_crop_size(image_height, image_width, ratio)
     crop_width = torch.where(found, widths.gather(1, first_fit).squeeze(1), fallback_width)
     crop_height = torch.where(found, heights.gather(1, first_fit).squeeze(1), fallback_height)
-    left = _random_offset(width - crop_width, found, generator)
-    top = _random_offset(height - crop_height, found, generator)
+    left = _random_offset(image_width - crop_width, found, generator)
+    top = _random_offset(image_height - crop_height, found, generator)
     return torch.stack((left, top, left + crop_width, top + crop_height), dim=1)
 
 
-def _central_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+def _central_crop_size(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
     """RandomResizedCrop's fallback: the whole image, trimmed to the nearest allowed aspect ratio."""
     in_ratio = width / height
-    if in_ratio < ratio[0]:
-        return width, int(round(width / ratio[0]))
-    if in_ratio > ratio[1]:
-        return int(round(height * ratio[1])), height
-    return width, height
+    too_tall, too_wide = in_ratio < ratio[0], in_ratio > ratio[1]
+    crop_width = torch.where(too_wide, (height * ratio[1]).round(), width)
+    crop_height = torch.where(too_tall, (width / ratio[0]).round(), height)
+    return crop_width, crop_height
 
 
 def _random_offset(slack: Tensor, is_random: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -200,17 +202,23 @@ class BatchAugment(nn.Module):
     def extra_repr(self) -> str:
         return repr(self.spec)
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self._augment(images, 1, generator)
+    def forward(self, images: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None) -> Tensor:
+        return self._augment(images, 1, generator, sizes)
 
-    def two_views(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Two independent views of every image, drawn in one pass over a batch of 2B."""
-        first, second = self._augment(images, 2, generator).chunk(2)
+    def two_views(
+        self, images: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Two independent views of every image, drawn in one pass over a batch of 2B.
+
+        `sizes` (int [B, 2], on the images' device): each image's valid (h, w) at the top left of a zero-padded
+        batch; crops are drawn inside it. None: every image fills the batch's H x W.
+        """
+        first, second = self._augment(images, 2, generator, sizes).chunk(2)
         return first, second
 
-    def _augment(self, images: Tensor, views: int, generator: torch.Generator | None) -> Tensor:
+    def _augment(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
         spec = self.spec
-        out = self._crop(images, views, generator)
+        out = self._crop(images, views, generator, sizes)
         count = len(out)
 
         def drawn(probability: float) -> Tensor:
@@ -237,7 +245,7 @@ class BatchAugment(nn.Module):
             _apply_where(out, drawn(spec.solarize_p), partial(solarize, threshold=spec.solarize_threshold))
         return out
 
-    def _crop(self, images: Tensor, views: int, generator: torch.Generator | None) -> Tensor:
+    def _crop(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
         """views random crops of every image, resized to S×S, as a new float32 tensor [views·B,3,S,S] in [0,1]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a batch of RGB images [B,3,H,W], got shape {tuple(images.shape)}")
@@ -246,15 +254,20 @@ class BatchAugment(nn.Module):
         batch, _, height, width = images.shape
         size = self.spec.image_size
         pixels = images.to(torch.float32)
+        count = views * batch
+        source = torch.arange(count, device=images.device).remainder_(batch)
+        valid_height, valid_width = (sizes[source, 0], sizes[source, 1]) if sizes is not None else (height, width)
         if self.spec.crop:
-            count = views * batch
             boxes = sample_crop_boxes(
-                count, height, width, self.spec.crop_scale, self.spec.crop_ratio, images.device, generator
+                count, valid_height, valid_width, self.spec.crop_scale, self.spec.crop_ratio, images.device, generator
             )
-            source = torch.arange(count, device=images.device).remainder_(batch).to(boxes.dtype)
+        elif sizes is not None:  # the whole valid region of each image
+            zeros = torch.zeros(count, device=images.device)
+            boxes = torch.stack((zeros, zeros, valid_width.float(), valid_height.float()), dim=1)
+        if self.spec.crop or sizes is not None:
             # Adaptive sampling averages ceil(crop/size)² bilinear samples per output pixel: a box filter
             # against aliasing where the crop is larger than the view (RandomResizedCrop uses a triangle).
-            out = roi_align(pixels, torch.cat((source[:, None], boxes), dim=1), size, 1.0, -1, True)
+            out = roi_align(pixels, torch.cat((source[:, None].to(boxes.dtype), boxes), dim=1), size, 1.0, -1, True)
         else:
             if (height, width) != (size, size):
                 pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
