@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from torchclr.data.shards import index_shards, is_tar_shard, shard_paths
 from torchclr.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
@@ -83,10 +84,15 @@ def open_images(spec: str, split: str, download: bool = False) -> ImageSet:
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data path {spec} does not exist")
+    if is_tar_shard(path):
+        return _open_shards(path, spec)
     if path.is_file():
         if not zipfile.is_zipfile(path):
-            raise UserError(f"data path {spec} is a file but not a zip archive of images")
+            raise UserError(f"data path {spec} is a file but not a zip archive of images (or a .tar shard)")
         return _open_zip(path, split, label=spec)
+    base = path / split if (path / split).is_dir() else path
+    if shard_paths(base):
+        return _open_shards(base, str(base))
     return _open_folder(path, split)
 
 
@@ -140,6 +146,17 @@ def _open_folder(root: Path, split: str) -> ImageSet:
         return (base / name).read_bytes()
 
     return _finish(str(base), names, read, digest.hexdigest())
+
+
+def _open_shards(path: Path, origin: str) -> ImageSet:
+    """Tar shards in the webdataset layout (see `torchclr.data.shards`); classes are the .cls indices."""
+    index = index_shards(path, IMAGE_EXTENSIONS)
+    if index is None:
+        raise UserError(f"data path {origin} holds no images in its .tar shards (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    labels = index.labels if index.labels is not None else [UNLABELLED] * len(index.names)
+    classes = [str(c) for c in range(max(labels) + 1)] if index.labels is not None else []
+    return ImageSet(origin=origin, labels=labels, classes=classes, names=index.names, read_bytes=index.reader,
+                    fingerprint=index.fingerprint)
 
 
 class _ZipReader:
