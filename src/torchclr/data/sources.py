@@ -48,18 +48,27 @@ class ImageSet:
     def labelled(self) -> bool:
         return bool(self.labels) and min(self.labels) >= 0
 
-    def image(self, index: int) -> torch.Tensor:
+    def image(self, index: int, draft_side: int | None = None) -> torch.Tensor:
+        """Image `index` as uint8 [3, H, W]; with `draft_side`, a large JPEG may come at 1/2-1/8 scale (see decode_image)."""
         if self.tensor is not None:
             return self.tensor[index]
         assert self.read_bytes is not None
         name = self.names[index]
-        return decode_image(self.read_bytes(name), f"{self.origin}/{name}")
+        return decode_image(self.read_bytes(name), f"{self.origin}/{name}", draft_side)
 
 
-def decode_image(data: bytes, where: str) -> torch.Tensor:
-    """Decode any PIL-readable image to RGB uint8 [3, H, W]; a broken file names itself in the error."""
+def decode_image(data: bytes, where: str, draft_side: int | None = None) -> torch.Tensor:
+    """Decode any PIL-readable image to RGB uint8 [3, H, W]; a broken file names itself in the error.
+
+    With `draft_side`, a JPEG whose longer side exceeds it is decoded by PIL's draft mode at the largest DCT
+    reduction (1/2, 1/4 or 1/8) that keeps the longer side at least `draft_side`: a fraction of the work.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            longest = max(width, height)
+            if draft_side is not None and img.format == "JPEG" and longest > draft_side:
+                img.draft("RGB", (-(-width * draft_side // longest), -(-height * draft_side // longest)))
             rgb = np.asarray(img.convert("RGB"))
     except UnidentifiedImageError:
         raise UserError(f"cannot decode image {where}: not an image format PIL can read") from None
