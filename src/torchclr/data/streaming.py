@@ -69,6 +69,9 @@ class StreamedViews:
             BoundedImages(images, stored_side), batch_size=batch_size, sampler=self.sampler, num_workers=workers,
             collate_fn=pad_batch, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
+            # Its own generator for the workers' base seed, so that starting them leaves the global RNG (saved in
+            # checkpoints) alone: a resumed run starts them once more than an uninterrupted one.
+            generator=torch.Generator().manual_seed(seed),
         )
         self.device = device
         self.augment = BatchAugment(spec)
