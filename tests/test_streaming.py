@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import roi_align
 
 from conftest import png_bytes
 from torchclr import checkpoint
 from torchclr.cli import main
 from torchclr.config import PretrainConfig
+from torchclr.data.cache import pad_to
 from torchclr.data import plan
 from torchclr.data.sources import open_images
 from torchclr.data.streaming import StreamedViews
@@ -24,7 +26,8 @@ from torchclr.evaluate import linear
 from torchclr.evaluate.monitor import EvalSplit, bank_indices
 from torchclr.models import build_encoder
 from torchclr.train import _view_batches
-from torchclr.transforms import AugmentSpec, BatchAugment
+from torchclr.transforms import AugmentSpec
+from torchclr.transforms.batched import sample_crop_boxes
 
 TINY = ["--batch-size", "16", "--lr", "0.3", "--warmup-epochs", "0.5", "--knn-k", "5", "--no-progress", "--seed", "3",
         "--no-cifar-stem", "--data-mode", "stream", "--workers", "1"]
@@ -40,11 +43,11 @@ def _jpeg(width: int, height: int, seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def imagenet_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """100 classes x 4 JPEGs of varied sizes and aspect ratios in train/, one per class in val/."""
+    """ImageNet's layout in small: 25 synset folders x 4 JPEGs of varied sizes and aspect ratios in train/, one in val/."""
     root = tmp_path_factory.mktemp("imagenet")
     rng = np.random.default_rng(0)
     for split, count in (("train", 4), ("val", 1)):
-        for label in range(100):
+        for label in range(25):
             folder = root / split / f"n{label:08d}"
             folder.mkdir(parents=True)
             for i in range(count):
@@ -63,7 +66,7 @@ def test_imagenet_preset_streams_through_the_monitor_and_the_probe(tmp_path: Pat
                  "--data-mode", "stream", "--arch", "resnet18", "--image-size", "16", "--stored-size", "32", "--eval-split",
                  "val", "--warmup-epochs", "0", "--workers", "1", "--knn-k", "5", "--no-progress", "--out-dir", str(out)]) == 0
     said = capsys.readouterr().out
-    assert "data: 400 images" in said and "streamed: --data-mode stream" in said and "linear evaluation" in said
+    assert "data: 100 images" in said and "streamed: --data-mode stream" in said and "linear evaluation" in said
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "knn_top1" in r] == [1]  # the monitor's default for streamed data still ends the run
     report = json.loads((out / "linear_eval.json").read_text())
@@ -172,23 +175,32 @@ def test_streamed_batches_hold_each_image_whole_with_its_size(tmp_path: Path) ->
     images, sizes, failures = next(iter(views.loader))
     by_shape = sorted(tuple(size) for size in sizes.tolist())
     assert failures == [] and images.shape == (2, 3, 64, 64) and by_shape == [(48, 64), (64, 32)]
-    for image, (height, width) in zip(images, sizes.tolist()):
-        assert image[:, height:].eq(0).all() and image[:, :, width:].eq(0).all()  # padding stays zero
+    for image, (height, width) in zip(images, sizes.tolist()):  # the padding repeats the last row and column
+        assert image[:, height:].eq(image[:, height - 1 : height]).all() and image[:, :, width:].eq(image[:, :, width - 1 :width]).all()
 
 
-def test_crops_with_sizes_stay_inside_each_image() -> None:
-    """Padded images whose valid region is white: with `sizes`, no view ever sees the black padding."""
-    images = torch.zeros(3, 3, 40, 40, dtype=torch.uint8)
-    sizes = torch.tensor([[40, 10], [12, 40], [20, 20]])
-    for image, (height, width) in zip(images, sizes.tolist()):
-        image[:, :height, :width] = 255
-    augment = BatchAugment(AugmentSpec(image_size=8, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0))
+def test_crop_boxes_stay_inside_each_image_and_reach_its_edges() -> None:
+    sizes = torch.tensor([[40, 10], [12, 40], [20, 20]]).repeat(1000, 1)
+    boxes = sample_crop_boxes(len(sizes), sizes[:, 0], sizes[:, 1], (0.08, 1.0), (3 / 4, 4 / 3), "cpu", torch.Generator().manual_seed(0))
+    left, top, right, bottom = boxes.unbind(1)
+    assert (left >= 0).all() and (top >= 0).all() and (right <= sizes[:, 1]).all() and (bottom <= sizes[:, 0]).all()
+    assert (left == 0).any() and (right == sizes[:, 1]).any() and (bottom == sizes[:, 0]).any()
+
+
+def test_a_padded_batch_crops_as_each_image_alone() -> None:
+    """roi_align reads up to half a pixel past a box: at a valid region's edge the padding must act as the border."""
     generator = torch.Generator().manual_seed(0)
-    for _ in range(50):
-        first, second = augment.two_views(images, generator, sizes)
-        assert torch.cat([first, second]).min() > 0.99
-    first, _ = augment.two_views(images, generator)
-    assert first.min() < 0.5  # the same crops drawn over the whole padded square do reach the padding
+    alone = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+             for height, width in ((40, 10), (12, 40), (20, 20))]
+    batch = torch.stack([pad_to(image, 40) for image in alone]).float()
+    sizes = torch.tensor([image.shape[-2:] for image in alone])
+    boxes = sample_crop_boxes(300, sizes[:, 0].repeat(100), sizes[:, 1].repeat(100), (0.08, 1.0), (3 / 4, 4 / 3), "cpu", generator)
+    source = torch.arange(300).remainder(3)
+    padded = roi_align(batch, torch.cat((source[:, None].float(), boxes), 1), 8, 1.0, -1, True)
+    for index in range(300):
+        image = alone[int(source[index])][None].float()
+        expected = roi_align(image, torch.cat((torch.zeros(1, 1), boxes[index : index + 1]), 1), 8, 1.0, -1, True)
+        assert torch.allclose(padded[index], expected[0]), index
 
 
 def test_auto_streams_a_set_too_big_for_the_memory_share(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,7 +92,7 @@ class PretrainConfig:
     # several processes (torchrun)
     sync_bn: bool = _opt(True, "under torchrun, BatchNorm statistics over the global batch (off: over each process's share)")
     dist_timeout: float = _opt(1800.0, "under torchrun, seconds a process waits for the others before it stops with an "
-                               "error (a dead or stalled process); must exceed the kNN monitor's time on rank 0")
+                               "error (a dead or stalled process); must exceed the time rank 0 takes to write a checkpoint")
     # output and monitoring
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
     keep_checkpoints: int = _opt(2, "epoch checkpoints to keep (older ones are deleted; 0 keeps all)")

@@ -43,10 +43,15 @@ def fit_within(image: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def pad_to(image: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 [3, side, side] holding `image` at the top left, zeros elsewhere: one shape for images of any aspect."""
-    out = image.new_zeros((image.shape[0], side, side))
-    out[:, : image.shape[-2], : image.shape[-1]] = image
-    return out
+    """uint8 [3, side, side] holding `image` at the top left: one shape for images of any aspect.
+
+    The padding repeats the last row and column rather than holding zeros: roi_align's bilinear samples reach up
+    to half a pixel past a crop box, and at the valid region's edge they must read what they read at a real
+    image border (the edge pixel), not blend in black.
+    """
+    rows = torch.arange(side).clamp_(max=image.shape[-2] - 1)
+    columns = torch.arange(side).clamp_(max=image.shape[-1] - 1)
+    return image.index_select(-2, rows).index_select(-1, columns)
 
 
 def square(image: torch.Tensor, size: int) -> torch.Tensor:
