@@ -77,7 +77,8 @@ def test_streaming_resume_continues_exactly(tmp_path: Path, tiny_folder: Path, m
     """Stopped after epoch 1 and resumed, a streaming run writes the same epoch-2 checkpoint as an uninterrupted one."""
 
     def run(name: str, *extra: str) -> int:
-        return main(["pretrain", "--data", str(tiny_folder), "--out-dir", str(tmp_path / name), "--epochs", "2",
+        # train/ alone: no labelled splits, so no monitor or probe (test_cli covers those), only training and resume
+        return main(["pretrain", "--data", str(tiny_folder / "train"), "--out-dir", str(tmp_path / name), "--epochs", "2",
                      "--deterministic", *TINY, *extra])
 
     assert run("whole") == 0
