@@ -36,15 +36,19 @@ class PretrainConfig:
     train_split: str = _opt("train", "split of --data to pretrain on (a sub-folder name; for stl10 e.g. 'train+unlabeled')")
     eval_data: str | None = _opt(None, "labelled data with train/test splits for the kNN monitor; default: --data when it has them")
     eval_split: str = _opt("test", "split of the labelled data to report accuracy on (e.g. 'val' for ImageNet)")
-    image_size: int = _opt(32, "side of the square views fed to the encoder, in pixels")
+    image_size: int | None = _opt(None, "side of the square views fed to the encoder, in pixels; default: from the data "
+                                  "(32 for images of 64 px or less, 96 up to 160 px, 224 above)")
     augment_mode: str = _opt("batched", "'batched': decode once, augment whole batches on the training device (fast); "
                              "'per-image': torchvision v2 per image in DataLoader workers (the reference)", ("batched", "per-image"))
     cache_dir: str | None = _opt(None, "folder for the decoded-image cache (memory-mapped, keyed by the data's content); default: memory only")
     stored_size: int | None = _opt(None, "--augment-mode batched: side (px) that each image's longer side is stored at; the "
                                    "random crops are drawn from the whole stored image. Costs 3 x side^2 bytes per image; "
                                    "default: --image-size / sqrt(smallest crop scale), rounded up to 8 (120 at 32 px, 792 at 224)")
+    data_mode: str = _opt("auto", "--augment-mode batched: 'memory' decodes the whole set into RAM once (fastest), 'stream' "
+                          "decodes each batch in DataLoader workers (sets that do not fit), 'auto' streams when the decoded "
+                          "set would take more than 25%% of the available memory", ("auto", "memory", "stream"))
     download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10 (needs a network)")
-    workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image; default: from the core count")
+    workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image and --data-mode stream; default: from the core count")
     # augmentation (paper, appendix A)
     crop: bool = _opt(True, "random resized crop (off: plain resize)")
     crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
@@ -90,11 +94,13 @@ class PretrainConfig:
     # several processes (torchrun)
     sync_bn: bool = _opt(True, "under torchrun, BatchNorm statistics over the global batch (off: over each process's share)")
     dist_timeout: float = _opt(1800.0, "under torchrun, seconds a process waits for the others before it stops with an "
-                               "error (a dead or stalled process); must exceed the kNN monitor's time on rank 0")
+                               "error (a dead or stalled process); must exceed the time rank 0 takes to write a checkpoint")
     # output and monitoring
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
     keep_checkpoints: int = _opt(2, "epoch checkpoints to keep (older ones are deleted; 0 keeps all)")
-    knn_every: int = _opt(1, "run the kNN monitor every this many epochs (0: never)")
+    knn_every: int | None = _opt(None, "run the kNN monitor every this many epochs (0: never); default: 1, or 10 when "
+                                 "the labelled data is too large to hold in memory")
+    knn_bank_size: int = _opt(50_000, "labelled training images (a seeded subset, or all if fewer) the kNN monitor compares against")
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
     progress: bool = _opt(True, "show a progress bar")
@@ -108,9 +114,9 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Reject values no run could use, naming the option; the rest is checked where it is used."""
-        positive = ("image_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k")
+        positive = ("image_size", "stored_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k", "knn_bank_size")
         for name in positive:
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         if self.stored_size is not None and self.stored_size < self.image_size:
             raise UserError(f"--stored-size {self.stored_size} is smaller than --image-size {self.image_size}: "
@@ -118,14 +124,18 @@ class PretrainConfig:
         for name in ("temperature", "knn_temperature", "lr", "dist_timeout"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.stored_size is not None and self.image_size is not None and self.stored_size < self.image_size:
+            raise UserError(f"--stored-size {self.stored_size} is smaller than --image-size {self.image_size}: "
+                            "crops would be blown up from a smaller picture")
         for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        self.augment_spec()
+        # The view size may come from the data later; the rest of the augmentation is checked now.
+        dataclasses.replace(self, image_size=self.image_size or AugmentSpec.image_size).augment_spec()
         self.grad_cache_request()
 
     def grad_cache_request(self) -> int | str:

@@ -2,8 +2,8 @@
 
 The loop is deliberately plain (see `train_one_epoch`); everything around it - data, checkpoints,
 monitoring, processes - lives in its own module. Under torchrun every process runs `pretrain`: the model is
-wrapped in DDP (global BN by default), the loss sees the embeddings of all processes, and rank 0 alone writes
-the run folder and runs the kNN monitor while the others wait.
+wrapped in DDP (global BN by default), the loss sees the embeddings of all processes, rank 0 alone writes
+the run folder, and every rank extracts its share of the features for the kNN monitor and the final probe.
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from tqdm import tqdm
 
 from torchclr import checkpoint, distributed, memory
 from torchclr.config import PretrainConfig
+from torchclr.data.cache import default_stored_size
 from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
-from torchclr.data.sources import open_images
+from torchclr.data.plan import choose_mode, default_image_size, sample_sizes
+from torchclr.data.sources import ImageSet, open_images
+from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
-from torchclr.evaluate.monitor import final_report, open_labelled_eval
+from torchclr.evaluate.monitor import final_report, knn_every, open_labelled_eval
 from torchclr.gradcache import grad_cache_backward
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
@@ -149,18 +152,40 @@ def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_s
     return global_step, distributed.mean_over_ranks(total / max(count, 1)).item()
 
 
-def _view_batches(config: PretrainConfig, device: torch.device, rank: int, world: int) -> ViewBatches:
-    images = open_images(config.data, config.train_split, config.download)
+def _with_image_size(config: PretrainConfig, images: ImageSet, sizes: list[tuple[int, int]]) -> PretrainConfig:
+    """The config with --image-size set: as given, or from the data (a folder of photos gets photo-sized views)."""
+    if config.image_size is not None:
+        return config
+    size = default_image_size(sizes)
+    longest = sorted(max(s) for s in sizes)
+    _say(f"image size: {size} px, from the data (longer sides of {len(sizes)} sampled images: "
+         f"{longest[0]}-{longest[-1]} px, median {longest[len(longest) // 2]}); set --image-size to change it")
+    return dataclasses.replace(config, image_size=size)
+
+
+def _say(line: str) -> None:
+    if distributed.is_main_process():
+        print(line, flush=True)
+
+
+def _view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[int, int]], device: torch.device,
+                  rank: int, world: int) -> ViewBatches:
+    """The data path: per image (the reference), or batched from memory or streamed, as --data-mode says or fits."""
     per_process = config.batch_size // world
     if per_process * world != config.batch_size:
         raise UserError(f"--batch-size {config.batch_size} must be a multiple of the number of processes ({world})")
     if len(images) < config.batch_size:
         raise UserError(f"data {images.origin} has {len(images)} images, fewer than --batch-size {config.batch_size}")
     spec = config.augment_spec()
-    if config.augment_mode == "batched":
-        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir,
-                            config.stored_size)
-    return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
+    if config.augment_mode == "per-image":
+        _say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
+        return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
+    stored = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+    plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
+    _say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
+    if plan.mode == "stream":
+        return StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers)
+    return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored)
 
 
 def wrap_for_training(model: SimCLR, device: torch.device, sync_bn: bool, compile: bool) -> tuple[SimCLR, nn.Module]:
@@ -228,9 +253,13 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     seed_everything(config.seed + rank, config.deterministic)
     run = RunLog(config.out_dir, writer_enabled=rank == 0)
 
+    images = open_images(config.data, config.train_split, config.download)
+    sizes = sample_sizes(images, seed=config.seed)
+    config = _with_image_size(config, images, sizes)
     model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
-    batches = _view_batches(config, device, rank, world)
-    labelled = open_labelled_eval(config) if rank == 0 else None
+    batches = _view_batches(config, images, sizes, device, rank, world)
+    labelled = open_labelled_eval(config)
+    monitor_every = knn_every(config, labelled) if labelled is not None else 0
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     model, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
     lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
@@ -241,7 +270,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     ctx = StepContext(forward_model, build_loss(config.loss, config.temperature, config.margin), optimizer, scheduler,
                       scaler, device, dtype, config.channels_last)
     plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
-                                   config.grad_cache_request(), len(labelled.train_labels) if labelled else 0)
+                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0)
     ctx.grad_cache_chunk = plan.chunk
     if labelled is not None:
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
@@ -263,9 +292,10 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
         global_step, mean_loss = train_one_epoch(ctx, batches, epoch, global_step, run, config.progress and rank == 0)
         record = {"step": global_step, "epoch": epoch + 1, "epoch_loss": mean_loss}
         augment_states = _augment_states(batches)
+        if labelled is not None and monitor_every and ((epoch + 1) % monitor_every == 0 or epoch + 1 == config.epochs):
+            record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature,
+                                                   config.knn_bank_size, config.seed)  # every rank extracts a share
         if rank == 0:
-            if labelled is not None and config.knn_every and ((epoch + 1) % config.knn_every == 0 or epoch + 1 == config.epochs):
-                record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature)
             run.log(record)
             info = {"config": _jsonable(config), "model": model_description(config), "epoch": epoch + 1, "step": global_step}
             checkpoint.save_training(run.checkpoint_path(epoch + 1), model, optimizer, scheduler,
@@ -275,12 +305,12 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
             if config.progress:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
                 tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
-        distributed.barrier()  # the others wait here while rank 0 runs the monitor and saves
+        distributed.barrier()  # the others wait here while rank 0 saves
 
     if rank == 0:
         export_encoder(run.dir / "encoder.safetensors", model, config)
-        if labelled is not None:
-            record["report"] = final_report(labelled, model.encoder, config, device, run.dir)
+    if labelled is not None:
+        record["report"] = final_report(labelled, model.encoder, config, device, run.dir)
     run.close()
     return record
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from torchclr.data.shards import index_shards, is_tar_shard, shard_paths
 from torchclr.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
@@ -52,7 +53,8 @@ class ImageSet:
     def labelled(self) -> bool:
         return bool(self.labels) and min(self.labels) >= 0
 
-    def image(self, index: int) -> torch.Tensor:
+    def image(self, index: int, draft_side: int | None = None) -> torch.Tensor:
+        """Image `index` as uint8 [3, H, W]; with `draft_side`, a large JPEG may come at 1/2-1/8 scale (see decode_image)."""
         if self.tensor is not None:
             if self.sizes is not None:
                 height, width = self.sizes[index].tolist()
@@ -60,13 +62,21 @@ class ImageSet:
             return self.tensor[index]
         assert self.read_bytes is not None
         name = self.names[index]
-        return decode_image(self.read_bytes(name), f"{self.origin}/{name}")
+        return decode_image(self.read_bytes(name), f"{self.origin}/{name}", draft_side)
 
 
-def decode_image(data: bytes, where: str) -> torch.Tensor:
-    """Decode any PIL-readable image to RGB uint8 [3, H, W]; a broken file names itself in the error."""
+def decode_image(data: bytes, where: str, draft_side: int | None = None) -> torch.Tensor:
+    """Decode any PIL-readable image to RGB uint8 [3, H, W]; a broken file names itself in the error.
+
+    With `draft_side`, a JPEG whose longer side exceeds it is decoded by PIL's draft mode at the largest DCT
+    reduction (1/2, 1/4 or 1/8) that keeps the longer side at least `draft_side`: a fraction of the work.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            longest = max(width, height)
+            if draft_side is not None and img.format == "JPEG" and longest > draft_side:
+                img.draft("RGB", (-(-width * draft_side // longest), -(-height * draft_side // longest)))
             rgb = np.asarray(img.convert("RGB"))
     except UnidentifiedImageError:
         raise UserError(f"cannot decode image {where}: not an image format PIL can read") from None
@@ -91,10 +101,15 @@ def open_images(spec: str, split: str, download: bool = False) -> ImageSet:
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data path {spec} does not exist")
+    if is_tar_shard(path):
+        return _open_shards(path, spec)
     if path.is_file():
         if not zipfile.is_zipfile(path):
-            raise UserError(f"data path {spec} is a file but not a zip archive of images")
+            raise UserError(f"data path {spec} is a file but not a zip archive of images (or a .tar shard)")
         return _open_zip(path, split, label=spec)
+    base = path / split if (path / split).is_dir() else path
+    if shard_paths(base):
+        return _open_shards(base, str(base))
     return _open_folder(path, split)
 
 
@@ -148,6 +163,17 @@ def _open_folder(root: Path, split: str) -> ImageSet:
         return (base / name).read_bytes()
 
     return _finish(str(base), names, read, digest.hexdigest())
+
+
+def _open_shards(path: Path, origin: str) -> ImageSet:
+    """Tar shards in the webdataset layout (see `torchclr.data.shards`); classes are the .cls indices."""
+    index = index_shards(path, IMAGE_EXTENSIONS)
+    if index is None:
+        raise UserError(f"data path {origin} holds no images in its .tar shards (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    labels = index.labels if index.labels is not None else [UNLABELLED] * len(index.names)
+    classes = [str(c) for c in range(max(labels) + 1)] if index.labels is not None else []
+    return ImageSet(origin=origin, labels=labels, classes=classes, names=index.names, read_bytes=index.reader,
+                    fingerprint=index.fingerprint)
 
 
 class _ZipReader:

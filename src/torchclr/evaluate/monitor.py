@@ -1,4 +1,10 @@
-"""Labelled train/test images held once for the whole run: the per-epoch kNN monitor and the final report."""
+"""Labelled train/test images for the run: the kNN monitor every few epochs and the final report.
+
+Small splits are held as uint8 centre views; large ones are read in batches at each use (see
+`torchclr.evaluate.features`). The monitor compares against a bounded, seeded subset of the train split (the
+bank), and under several processes every rank extracts its share of the features, gathered to all: no rank
+waits idle on another's extraction.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,65 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchclr import distributed
+from torchclr.data.plan import fits_in_memory
 from torchclr.data.sources import ImageSet, has_split, open_images
 from torchclr.errors import UserError
-from torchclr.evaluate.features import eval_images, extract_features
+from torchclr.evaluate.features import eval_images, extract_features, streamed_views
 from torchclr.evaluate.finetune import FinetuneSettings, finetune
 from torchclr.evaluate.knn import accuracy, knn_predict
 from torchclr.evaluate.linear import linear_probe
 from torchclr.models import build_encoder
 from torchclr.models.encoders import CUSTOM_ARCH
+
+LARGE_SET_KNN_EVERY = 10  # epochs between kNN monitors when the labelled data is read in batches
+
+
+@dataclass
+class EvalSplit:
+    """One labelled split at evaluation resolution: `held` centre views when small, else read from `images`."""
+
+    images: ImageSet
+    labels: torch.Tensor
+    image_size: int
+    held: torch.Tensor | None
+
+    @classmethod
+    def open(cls, images: ImageSet, image_size: int) -> "EvalSplit":
+        # Every process holds its own copy, so the share of memory is split between them.
+        small = fits_in_memory(len(images) * 3 * image_size * image_size * distributed.world_size())
+        held = eval_images(images, image_size) if small else None
+        return cls(images, torch.tensor(images.labels, dtype=torch.long), image_size, held)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def views(self) -> torch.Tensor:
+        """All centre views as one uint8 tensor (fine-tuning indexes them at random): decoded now if not held."""
+        return self.held if self.held is not None else eval_images(self.images, self.image_size)
+
+    def features(self, encoder: nn.Module, device: torch.device, indices: torch.Tensor | None = None,
+                 batch_size: int = 512) -> torch.Tensor:
+        """h of the images at `indices` (default: all), in that order; each process extracts every world-th one."""
+        indices = torch.arange(len(self)) if indices is None else indices
+        world, rank = distributed.world_size(), distributed.rank()
+        mine = indices[rank::world]
+        views = self.held[mine] if self.held is not None else streamed_views(self.images, self.image_size, mine, batch_size)
+        features = extract_features(encoder, views, device, batch_size)
+        if world == 1:
+            return features
+        parts = distributed.all_gather_objects(features)
+        out = features.new_empty(len(indices), features.shape[1])
+        for part_rank, part in enumerate(parts):
+            out[part_rank::world] = part
+        return out
+
+
+def bank_indices(size: int, bank_size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded subset of `bank_size` of `size` images (all of them when fewer)."""
+    if size <= bank_size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:bank_size].sort().values
 
 
 @dataclass
@@ -26,10 +83,8 @@ class LabelledEval:
     """Centre views of a labelled train split (the kNN bank / probe training set) and test split."""
 
     origin: str
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
+    train: EvalSplit
+    test: EvalSplit
     num_classes: int
     test_split: str = "test"
     batch_size: int = 512  # images per batch of feature extraction, and test images per kNN block: set by the memory plan
@@ -43,21 +98,24 @@ class LabelledEval:
                 raise UserError(f"evaluation data {images.origin} ({split}) has no labels: it needs class sub-folders")
         if train.classes != test.classes:
             raise UserError(f"evaluation data {spec}: the {train_split} and {test_split} splits have different classes")
-        return cls(spec, eval_images(train, image_size), _labels(train), eval_images(test, image_size), _labels(test),
-                   len(train.classes), test_split)
+        return cls(spec, EvalSplit.open(train, image_size), EvalSplit.open(test, image_size), len(train.classes), test_split)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether a split is read in batches at each use (too large to hold)."""
+        return self.train.held is None or self.test.held is None
 
     def features(self, encoder: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return (extract_features(encoder, self.train_images, device, self.batch_size),
-                extract_features(encoder, self.test_images, device, self.batch_size))
+        return self.train.features(encoder, device, batch_size=self.batch_size), self.test.features(encoder, device, batch_size=self.batch_size)
 
-    def knn_top1(self, encoder: nn.Module, device: torch.device, k: int, temperature: float) -> float:
-        train, test = self.features(encoder, device)
-        scores = knn_predict(train, self.train_labels, test, self.num_classes, k, temperature, self.knn_chunk)
-        return accuracy(scores, self.test_labels)
-
-
-def _labels(images: ImageSet) -> torch.Tensor:
-    return torch.tensor(images.labels, dtype=torch.long)
+    def knn_top1(self, encoder: nn.Module, device: torch.device, k: int, temperature: float,
+                 bank_size: int | None = None, seed: int = 0) -> float:
+        """kNN top-1 (%) on the test split against a bank of at most `bank_size` training images."""
+        bank = bank_indices(len(self.train), bank_size or len(self.train), seed)
+        train = self.train.features(encoder, device, bank, self.batch_size)
+        test = self.test.features(encoder, device, batch_size=self.batch_size)
+        scores = knn_predict(train, self.train.labels[bank], test, self.num_classes, k, temperature, self.knn_chunk)
+        return accuracy(scores, self.test.labels)
 
 
 def open_labelled_eval(config: Any) -> LabelledEval | None:
@@ -72,6 +130,13 @@ def open_labelled_eval(config: Any) -> LabelledEval | None:
     return None
 
 
+def knn_every(config: Any, labelled: LabelledEval) -> int:
+    """--knn-every, or by default every epoch for data held in memory and every 10th for data read in batches."""
+    if config.knn_every is not None:
+        return config.knn_every
+    return LARGE_SET_KNN_EVERY if labelled.streamed else 1
+
+
 def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], device: torch.device, protocol: str,
                       knn_k: int = 200, knn_temperature: float = 0.1,
                       finetune_settings: FinetuneSettings | None = None) -> dict[str, dict[str, float]]:
@@ -79,16 +144,17 @@ def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], de
     results = {}
     for name, encoder in encoders.items():
         if protocol == "finetune":
-            results[name] = finetune(encoder, labelled.train_images, labelled.train_labels, labelled.test_images,
-                                     labelled.test_labels, labelled.num_classes, finetune_settings or FinetuneSettings(), device)
+            results[name] = finetune(encoder, labelled.train.views(), labelled.train.labels, labelled.test.views(),
+                                     labelled.test.labels, labelled.num_classes, finetune_settings or FinetuneSettings(), device)
             continue
         train, test = labelled.features(encoder, device)
         if protocol == "linear":
-            result = linear_probe(train, labelled.train_labels, test, labelled.test_labels, labelled.num_classes)
+            result = linear_probe(train, labelled.train.labels, test, labelled.test.labels, labelled.num_classes)
             results[name] = asdict(result)
         else:
-            scores = knn_predict(train, labelled.train_labels, test, labelled.num_classes, knn_k, knn_temperature)
-            results[name] = {"top1": accuracy(scores, labelled.test_labels, 1), "top5": accuracy(scores, labelled.test_labels, 5)}
+            scores = knn_predict(train, labelled.train.labels, test, labelled.num_classes, knn_k, knn_temperature,
+                                 labelled.knn_chunk)
+            results[name] = {"top1": accuracy(scores, labelled.test.labels, 1), "top5": accuracy(scores, labelled.test.labels, 5)}
     return results
 
 
@@ -112,8 +178,11 @@ def random_twin(encoder: nn.Module, config: Any) -> nn.Module:
 
 
 def final_report(labelled: LabelledEval, encoder: nn.Module, config: Any, device: torch.device, run_dir: Path) -> dict:
-    """Linear probe of the trained encoder beside random weights; printed and saved as linear_eval.json."""
+    """Linear probe of the trained encoder beside random weights; printed and saved as linear_eval.json by rank 0.
+
+    A collective under several processes: every rank extracts its share of the features."""
     results = evaluate_encoders(labelled, {"SimCLR (this run)": encoder, "random weights": random_twin(encoder, config)}, device, "linear")
-    print(format_table(results, "linear evaluation", labelled), flush=True)
-    (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
+    if distributed.is_main_process():
+        print(format_table(results, "linear evaluation", labelled), flush=True)
+        (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
     return results

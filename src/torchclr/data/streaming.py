@@ -1,0 +1,95 @@
+"""The streaming path: images stay encoded, DataLoader workers decode each batch to a bounded size.
+
+For sets whose decoded form would not fit in memory (see `torchclr.data.plan`). Workers decode JPEGs in PIL's
+draft mode, fit each image within the stored side (aspect kept, never upscaled) and pad the batch to one square
+with every image's valid (h, w) beside it; the batched augmentation then draws each crop inside its own image on
+the training device, with the same generator as the in-memory path. Workers do no random draws, so they persist
+across epochs and resume stays exact. An image that cannot be decoded is replaced by another image of its batch
+and counted; the count is reported at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from torchclr.data.cache import fit_within, pad_to
+from torchclr.data.loaders import ViewPair, _sampler, default_workers
+from torchclr.data.sources import ImageSet
+from torchclr.errors import UserError
+from torchclr.transforms import AugmentSpec, BatchAugment
+
+DecodedBatch = tuple[torch.Tensor | None, torch.Tensor | None, list[str]]
+
+
+class BoundedImages(Dataset):
+    """Image i decoded to uint8 [3, h, w] with max(h, w) <= side, or the one-line reason it could not be."""
+
+    def __init__(self, images: ImageSet, side: int) -> None:
+        self.images, self.side = images, side
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor | str:
+        try:
+            return fit_within(self.images.image(index, draft_side=self.side), self.side)
+        except UserError as err:
+            return str(err)
+
+
+def pad_batch(items: list[torch.Tensor | str]) -> DecodedBatch:
+    """(uint8 [B, 3, M, M] padded to the batch's longest side M, int [B, 2] valid sizes, failures).
+
+    A failed image is replaced by a decoded one of the same batch, so the batch keeps its size (the loss's
+    negatives and BN statistics assume it); with none decoded, the images are None.
+    """
+    failures = [item for item in items if isinstance(item, str)]
+    decoded = [item for item in items if not isinstance(item, str)]
+    if not decoded:
+        return None, None, failures
+    filled = [item if not isinstance(item, str) else decoded[i % len(decoded)] for i, item in enumerate(items)]
+    side = max(max(image.shape[-2:]) for image in filled)
+    sizes = torch.tensor([tuple(image.shape[-2:]) for image in filled], dtype=torch.int64)
+    return torch.stack([pad_to(image, side) for image in filled]), sizes, failures
+
+
+class StreamedViews:
+    """Pairs of views from images decoded batch by batch in persistent DataLoader workers; one shard per rank."""
+
+    def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device, seed: int,
+                 stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None) -> None:
+        workers = default_workers() if workers is None else workers
+        self.sampler = _sampler(len(images), seed, rank, world)
+        self.steps_per_epoch = len(self.sampler) // batch_size
+        self.loader = DataLoader(
+            BoundedImages(images, stored_side), batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=pad_batch, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+            # Its own generator for the workers' base seed, so that starting them leaves the global RNG (saved in
+            # checkpoints) alone: a resumed run starts them once more than an uninterrupted one.
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.device = device
+        self.augment = BatchAugment(spec)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed * 1000 + rank)
+        self.skipped = 0  # images replaced in the last epoch because they could not be decoded
+
+    def epoch(self, epoch: int) -> Iterator[ViewPair]:
+        self.sampler.set_epoch(epoch)
+        self.skipped, first_failure = 0, ""
+        for images, sizes, failures in self.loader:
+            if failures:
+                self.skipped += len(failures)
+                first_failure = first_failure or failures[0]
+            if images is None or sizes is None:
+                raise UserError(f"no image of a batch of {len(failures)} could be decoded (first: {failures[0]})")
+            images = images.to(self.device, non_blocking=True)
+            yield self.augment.two_views(images, self.generator, sizes.to(self.device, non_blocking=True))
+        if self.skipped:
+            print(f"torchclr: warning: epoch {epoch + 1} skipped {self.skipped} images that could not be decoded "
+                  f"(replaced by others of their batch; first: {first_failure})", file=sys.stderr, flush=True)
