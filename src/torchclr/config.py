@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from torchclr.errors import UserError
 from torchclr.transforms.spec import AugmentSpec
 
@@ -42,6 +45,10 @@ class PretrainConfig:
     cache_dir: str | None = _opt(None, "folder for the decoded-image cache (memory-mapped, keyed by the data's content); default: memory only")
     download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10 (needs a network)")
     workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image; default: from the core count")
+    strict: bool = _opt(False, "stop at the first bad image file (unreadable, corrupt, too large, not a regular file) "
+                        "instead of skipping it; skipped files are listed in skipped_files.csv in the run folder")
+    max_image_pixels: int = _opt(DEFAULT_MAX_IMAGE_PIXELS, "images with more pixels are skipped as decompression bombs")
+    max_file_mb: int = _opt(DEFAULT_MAX_FILE_MB, "image files (or zip members) larger than this many MiB are skipped unread")
     # augmentation (paper, appendix A)
     crop: bool = _opt(True, "random resized crop (off: plain resize)")
     crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
@@ -88,7 +95,11 @@ class PretrainConfig:
                                "error (a dead or stalled process); must exceed the kNN monitor's time on rank 0")
     # output and monitoring
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
-    keep_checkpoints: int = _opt(2, "epoch checkpoints to keep (older ones are deleted; 0 keeps all)")
+    keep_checkpoints: int = _opt(2, "checkpoints to keep (older ones are deleted; 0 keeps all)")
+    save_every_steps: int = _opt(0, "also save a checkpoint every this many steps, mid-epoch (0: at epoch ends only); "
+                                 "SIGTERM and SIGUSR1 always save one at the current step")
+    skip_nonfinite_steps: bool = _opt(False, "skip (and count) a step whose loss or gradients are not finite instead of "
+                                      "stopping the run; costs one device-to-host sync per step")
     knn_every: int = _opt(1, "run the kNN monitor every this many epochs (0: never)")
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
@@ -103,21 +114,26 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Reject values no run could use, naming the option; the rest is checked where it is used."""
-        positive = ("image_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k")
+        positive = ("image_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k", "max_image_pixels", "max_file_mb")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
         for name in ("temperature", "knn_temperature", "lr", "dist_timeout", "grad_cache_chunk"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every"):
+        if self.batch_size < 2:
+            raise UserError(f"--batch-size must be at least 2 (a contrastive loss needs other images as negatives), got {self.batch_size}")
+        for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every", "save_every_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        self.augment_spec()
+        try:
+            self.augment_spec()
+        except UserError as err:  # the spec names its own fields (augment.crop_scale); users typed --crop-scale
+            raise UserError(re.sub(r"augment\.(\w+)", lambda m: "--" + _flag(m.group(1)), str(err))) from None
 
 
 def _flag(name: str) -> str:
@@ -138,13 +154,23 @@ _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
-    """Check and convert one value for field `name`; the message names the key and where it came from."""
+    """Check and convert one value for field `name`; the message names the option as the user wrote it
+    (`--crop-scale` on the command line, the key and the file for YAML). Every number must be finite:
+    NaN passes every `<= 0` check, so it is refused here, once, for all options."""
     f = {f.name: f for f in dataclasses.fields(PretrainConfig)}[name]
     kind, optional = _base_type(f.type)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
-        raise UserError(f"{where}: {name} may not be empty")
+        raise UserError(f"{where} may not be empty")
+    converted = _convert(kind, value, where)
+    numbers = converted if isinstance(converted, tuple) else (converted,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise UserError(f"{where} must be a finite number, got {value!r}")
+    return converted
+
+
+def _convert(kind: type, value: Any, where: str) -> Any:
     try:
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
@@ -161,7 +187,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise ValueError
         return kind(value)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: {name} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}") from None
+        raise UserError(f"{where} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}") from None
 
 
 def load_yaml(source: str) -> dict[str, Any]:
@@ -172,9 +198,18 @@ def load_yaml(source: str) -> dict[str, Any]:
         path = Path(source)
         if not path.is_file():
             raise UserError(f"config {source} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"config {source} is not a text file (not UTF-8); give a YAML file") from None
+        except OSError as err:
+            raise UserError(f"config {source} cannot be read: {err.strerror or err}") from None
+    if "\0" in text:
+        raise UserError(f"config {source} is a binary file, not YAML")
     try:
         raw = yaml.safe_load(text) or {}
+    except RecursionError:
+        raise UserError(f"config {source} is nested too deeply to be a config") from None
     except yaml.YAMLError as err:
         raise UserError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -185,7 +220,7 @@ def load_yaml(source: str) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise UserError(f"config {source}: unknown key {key!r}")
-        values[name] = _coerce(name, value, f"config {source}")
+        values[name] = _coerce(name, value, f"config {source}: key {key}")
     return values
 
 
@@ -212,7 +247,7 @@ def resolve(args: argparse.Namespace) -> PretrainConfig:
     for f in dataclasses.fields(PretrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = _coerce(f.name, given, "option --" + _flag(f.name))
+            values[f.name] = _coerce(f.name, given, "--" + _flag(f.name))
     config = PretrainConfig(**values)
     config.validate()
     return config
@@ -221,4 +256,4 @@ def resolve(args: argparse.Namespace) -> PretrainConfig:
 def from_dict(values: dict[str, Any], where: str) -> PretrainConfig:
     """Rebuild a config stored in a checkpoint or run folder."""
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    return PretrainConfig(**{k: _coerce(k, v, where) for k, v in values.items() if k in known})
+    return PretrainConfig(**{k: _coerce(k, v, f"{where}: key {k}") for k, v in values.items() if k in known})
