@@ -24,6 +24,7 @@ from safetensors.torch import save
 from torch import nn
 
 from torchclr.errors import UserError
+from torchclr.guard import all_finite
 
 FORMAT = "torchclr-checkpoint-v1"
 MAX_HEADER_BYTES = 16 << 20  # torchclr's own headers are a few KiB; a larger one is not ours (or is hostile)
@@ -44,8 +45,9 @@ def save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], 
     """
     path = Path(path)
     tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-    bad = next((key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()), None)
-    if bad is not None:
+    floating = {key: value for key, value in tensors.items() if value.is_floating_point()}
+    if not all_finite(list(floating.values())):
+        bad = next(key for key, value in floating.items() if not torch.isfinite(value).all())
         raise NonFiniteCheckpoint(f"refusing to write checkpoint {path}: tensor {bad} holds NaN or infinity")
     data = save(tensors, metadata={"format": FORMAT, "json": json.dumps(metadata)})
     try:
