@@ -234,6 +234,7 @@ CHECKPOINT_CASES: dict[str, tuple[Callable[[], bytes], str]] = {
     "metadata nested 100k deep": (lambda: _safetensors({"format": checkpoint.FORMAT, "json": "[" * 100_000 + "]" * 100_000}), "not valid JSON"),
     "encoder without model/config": (lambda: _safetensors({"format": checkpoint.FORMAT, "json": '{"kind": "encoder"}'}), "lacks metadata model, config"),
     "model metadata a string": (lambda: _safetensors({"format": checkpoint.FORMAT, "json": '{"kind": "encoder", "model": "x", "config": {}}'}), "malformed metadata"),
+    "model metadata without arch": (lambda: _safetensors({"format": checkpoint.FORMAT, "json": '{"kind": "encoder", "model": {}, "config": {}}'}), "malformed metadata"),
     "neither encoder nor training": (lambda: _safetensors({"format": checkpoint.FORMAT, "json": '{"kind": "recipe"}'}), "neither an encoder"),
 }
 

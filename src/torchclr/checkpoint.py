@@ -131,8 +131,9 @@ def _metadata(text: Any, path: Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS.get(meta.get("kind"), ()) if key not in meta]  # type: ignore[arg-type]
     if missing:
         raise UserError(f"checkpoint {path} lacks metadata {', '.join(missing)}")
-    if not isinstance(meta.get("model", {}), dict) or not isinstance(meta.get("config", {}), dict):
-        raise UserError(f"checkpoint {path} has malformed metadata (model and config must be JSON objects)")
+    model = meta.get("model", {"arch": None, "cifar_stem": None})
+    if not isinstance(model, dict) or not {"arch", "cifar_stem"} <= model.keys() or not isinstance(meta.get("config", {}), dict):
+        raise UserError(f"checkpoint {path} has malformed metadata (model must name arch and cifar_stem; config must be an object)")
     return meta
 
 
