@@ -112,28 +112,32 @@ class PretrainConfig:
             blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p,
         )
 
-    def validate(self) -> None:
-        """Reject values no run could use, naming the option; the rest is checked where it is used."""
+    def validate(self, named: dict[str, str] | None = None) -> None:
+        """Reject values no run could use, naming the option as given (`named`: field -> how the user wrote it,
+        e.g. "config run.yaml: key lr"; default --flag); the rest is checked where it is used."""
+        def option(name: str) -> str:
+            return (named or {}).get(name, f"--{_flag(name)}")
+
         positive = ("image_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k", "max_image_pixels", "max_file_mb")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+                raise UserError(f"{option(name)} must be > 0, got {getattr(self, name)}")
         for name in ("temperature", "knn_temperature", "lr", "dist_timeout", "grad_cache_chunk"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+                raise UserError(f"{option(name)} must be > 0, got {getattr(self, name)}")
         if self.batch_size < 2:
-            raise UserError(f"--batch-size must be at least 2 (a contrastive loss needs other images as negatives), got {self.batch_size}")
+            raise UserError(f"{option('batch_size')} must be at least 2 (a contrastive loss needs other images as negatives), got {self.batch_size}")
         for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every", "save_every_steps"):
             if getattr(self, name) < 0:
-                raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"{option(name)} must be >= 0, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+                raise UserError(f"{option(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         try:
             self.augment_spec()
         except UserError as err:  # the spec names its own fields (augment.crop_scale); users typed --crop-scale
-            raise UserError(re.sub(r"augment\.(\w+)", lambda m: "--" + _flag(m.group(1)), str(err))) from None
+            raise UserError(re.sub(r"augment\.(\w+)", lambda m: option(m.group(1)), str(err))) from None
 
 
 def _flag(name: str) -> str:
@@ -190,6 +194,10 @@ def _convert(kind: type, value: Any, where: str) -> Any:
         raise UserError(f"{where} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}") from None
 
 
+def _yaml_where(source: str, key: str) -> str:
+    return f"config {source}: key {key}"
+
+
 def load_yaml(source: str) -> dict[str, Any]:
     """A preset name or a YAML file path -> checked key/value pairs."""
     if source in PRESETS:
@@ -220,7 +228,7 @@ def load_yaml(source: str) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise UserError(f"config {source}: unknown key {key!r}")
-        values[name] = _coerce(name, value, f"config {source}: key {key}")
+        values[name] = _coerce(name, value, _yaml_where(source, key))
     return values
 
 
@@ -244,12 +252,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace) -> PretrainConfig:
     """Defaults, then the YAML/preset, then the command line; validated."""
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    named = {name: _yaml_where(args.config, name) for name in values}
     for f in dataclasses.fields(PretrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
             values[f.name] = _coerce(f.name, given, "--" + _flag(f.name))
+            named.pop(f.name, None)
     config = PretrainConfig(**values)
-    config.validate()
+    config.validate(named)
     return config
 
 
