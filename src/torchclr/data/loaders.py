@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from typing import Iterator, Protocol
 
 import torch
@@ -102,4 +103,4 @@ class PerImageViews:
             for first, second in itertools.islice(loader, start_step, None):
                 yield first.to(self.device, non_blocking=True), second.to(self.device, non_blocking=True)
         except UserError as err:  # re-raised from a worker with its traceback text: keep the original line
-            raise UserError(str(err).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+            raise UserError(re.sub(r"^torchclr[\w.]*: ", "", str(err).strip().splitlines()[-1])) from None

@@ -32,9 +32,10 @@ class ReadPolicy:
 class BadFile(UserError):
     """One file that cannot be used; `kind` groups it in the skip report. Alone, it reads as a one-line error."""
 
-    def __init__(self, where: str, kind: str, detail: str) -> None:
-        super().__init__(f"cannot use image {where}: {detail}")
-        self.where, self.kind, self.detail = where, kind, detail
+    def __init__(self, where: str, kind: str | None = None, detail: str = "") -> None:
+        # With `where` alone it is a message: DataLoader re-raises a worker's exception as type(message).
+        super().__init__(where if kind is None else f"cannot use image {where}: {detail}")
+        self.where, self.kind, self.detail = where, kind or "unusable", detail
 
 
 class SkipLog:
