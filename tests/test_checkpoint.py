@@ -61,7 +61,7 @@ def test_optimizer_state_survives_the_round_trip(tmp_path: Path) -> None:
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5)
-    checkpoint.save_training(tmp_path / "t.safetensors", model, optimizer, scheduler, None, {"epoch": 1, "step": 1})
+    checkpoint.save_training(tmp_path / "t.safetensors", model, optimizer, scheduler, None, {"epoch": 1, "step": 1, "model": {"arch": "resnet18", "cifar_stem": True}, "config": {}})
     tensors, meta = checkpoint.load(tmp_path / "t.safetensors")
     fresh = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
     fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 0.5)

@@ -50,9 +50,9 @@ def test_bad_yaml_names_the_file_and_key(tmp_path: Path, text: str, message: str
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "0"], "--epochs must be > 0"),
     (["--temperature", "-1"], "--temperature must be > 0"),
-    (["--grayscale-p", "1.5"], "grayscale_p"),
+    (["--grayscale-p", "1.5"], "--grayscale-p must be a probability"),
     (["--config", "nonexistent.yaml"], "neither a preset"),
-    (["--batch-size", "3.5"], "batch_size must be an integer"),
+    (["--batch-size", "3.5"], "--batch-size must be an integer"),
 ])
 def test_bad_options_are_user_errors(argv: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):

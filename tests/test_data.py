@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import CLASSES, write_image_folder, zip_folder
 from torchclr.data.cache import materialize, square
+from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import has_split, open_images
 from torchclr.errors import UserError
 
@@ -60,13 +61,16 @@ def test_bad_data_paths_name_the_path(tmp_path: Path, make, message: str) -> Non
     assert str(path) in str(info.value)
 
 
-def test_corrupt_image_is_named(tmp_path: Path) -> None:
+def test_corrupt_image_is_skipped_or_named_under_strict(tmp_path: Path) -> None:
     write_image_folder(tmp_path, {"train": 2})
     broken = tmp_path / "train" / "circle" / "0001.png"
     broken.write_bytes(b"\x89PNG not really")
-    images = open_images(str(tmp_path), "train")
-    with pytest.raises(UserError, match="0001.png"):
-        materialize(images)
+    images = materialize(open_images(str(tmp_path), "train"))
+    assert len(images) == 3 and images.tensor is not None and len(images.tensor) == 3
+    assert [bad.where.rsplit("/", 2)[-2:] for bad in images.skipped.entries] == [["circle", "0001.png"]]
+    assert "circle/0001.png" not in images.names and images.labels == [0, 1, 1]
+    with pytest.raises(UserError, match="0001.png.*--strict"):
+        materialize(open_images(str(tmp_path), "train", policy=ReadPolicy(strict=True)))
 
 
 def test_materialize_squares_mixed_sizes() -> None:

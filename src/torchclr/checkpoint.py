@@ -7,9 +7,12 @@ cannot run code; a file from another architecture is refused with a message nami
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,24 +20,53 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from torchclr.errors import UserError
+from torchclr.guard import all_finite
 
 FORMAT = "torchclr-checkpoint-v1"
+MAX_HEADER_BYTES = 16 << 20  # torchclr's own headers are a few KiB; a larger one is not ours (or is hostile)
+REQUIRED_KEYS = {"training": ("model", "config", "epoch", "step", "optimizer", "scheduler", "rng"),
+                 "encoder": ("model", "config")}
+TEMP_SUFFIX = ".tmp"
+
+
+class NonFiniteCheckpoint(UserError):
+    """A checkpoint would hold NaN or infinity: it is not written, so the last one on disk stays good."""
 
 
 def save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves half a checkpoint."""
+    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves half a checkpoint.
+
+    Every floating tensor is checked first (a non-finite one is refused), and a full disk is one line naming
+    the path, with whatever was at `path` before left intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    floating = {key: value for key, value in tensors.items() if value.is_floating_point()}
+    if not all_finite(list(floating.values())):
+        bad = next(key for key, value in floating.items() if not torch.isfinite(value).all())
+        raise NonFiniteCheckpoint(f"refusing to write checkpoint {path}: tensor {bad} holds NaN or infinity")
+    data = save(tensors, metadata={"format": FORMAT, "json": json.dumps(metadata)})
     try:
-        tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-        save_file(tensors, tmp, metadata={"format": FORMAT, "json": json.dumps(metadata)})
-        with open(tmp, "rb") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(path.parent, len(data), f"checkpoint {path}")
+        _write_replacing(path, data)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device to write checkpoint {path} ({len(data) / 2**20:.1f} MiB); "
+                            "the previous checkpoint is intact: free some space and continue with --resume") from None
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
+
+
+def _write_replacing(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -42,20 +74,67 @@ def save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], 
         raise
 
 
+def check_free_space(folder: Path, needed_bytes: int, what: str) -> None:
+    """Refuse early, naming `what`, when `folder`'s file system has less room than `needed_bytes` (+5%)."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes * 1.05:
+        raise UserError(f"not enough free space in {folder} for {what}: needs about {needed_bytes / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB free")
+
+
+def estimated_training_bytes(model: nn.Module, optimizer_name: str) -> int:
+    """About what a training checkpoint of `model` takes: the weights plus the optimiser's per-parameter slots
+    (momentum for lars/sgd, two moments for adamw)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + params * (2 if optimizer_name == "adamw" else 1)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of checkpoints whose writer was killed (only this module's naming)."""
+    stale = [p for p in folder.glob(f".*.safetensors.*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a torchclr checkpoint; anything else (missing, truncated, foreign) is a UserError naming the file."""
+    """Read a torchclr checkpoint; anything else (missing, truncated, foreign, malformed metadata) is a
+    UserError naming the file. The header's size is checked before safetensors parses it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+        if len(prefix) == 8 and struct.unpack("<Q", prefix)[0] > MAX_HEADER_BYTES:
+            raise UserError(f"checkpoint {path} is not a readable safetensors file: its header claims "
+                            f"{struct.unpack('<Q', prefix)[0]} bytes (a torchclr checkpoint's is under {MAX_HEADER_BYTES >> 20} MiB)")
         with safe_open(path, framework="pt") as handle:
             header = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise UserError(f"checkpoint {path} is not a readable safetensors file: {err}") from None
     if header.get("format") != FORMAT:
-        raise UserError(f"checkpoint {path} was not written by torchclr (format {header.get('format')!r})")
-    return tensors, json.loads(header["json"])
+        raise UserError(f"checkpoint {path} was not written by torchclr (format {str(header.get('format'))[:40]!r})")
+    return tensors, _metadata(header.get("json"), path)
+
+
+def _metadata(text: Any, path: Path) -> dict[str, Any]:
+    """The JSON metadata, refused in one line unless it is an object with the keys its kind needs."""
+    try:
+        meta = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"checkpoint {path} has metadata that is not valid JSON ({type(err).__name__})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"checkpoint {path} has metadata that is not a JSON object")
+    missing = [key for key in REQUIRED_KEYS.get(meta.get("kind"), ()) if key not in meta]  # type: ignore[arg-type]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks metadata {', '.join(missing)}")
+    model = meta.get("model", {"arch": None, "cifar_stem": None})
+    if not isinstance(model, dict) or not {"arch", "cifar_stem"} <= model.keys() or not isinstance(meta.get("config", {}), dict):
+        raise UserError(f"checkpoint {path} has malformed metadata (model must name arch and cifar_stem; config must be an object)")
+    return meta
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -179,13 +258,18 @@ def restore_training(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     augment_generator: torch.Generator | None,
     scaler: torch.amp.GradScaler | None = None,
+    path: str | Path = "",
 ) -> None:
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    """Optimiser, schedule, scaler and RNG states; state that does not fit them is a UserError naming `path`."""
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        scheduler.load_state_dict(meta["scheduler"])
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        restore_rng_state(tensors, meta["rng"], augment_generator)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise UserError(f"checkpoint {path} holds a malformed training state ({type(err).__name__}: {str(err)[:200]})") from None
     _match_parameter_layout(optimizer)
-    scheduler.load_state_dict(meta["scheduler"])
-    if scaler is not None and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    restore_rng_state(tensors, meta["rng"], augment_generator)
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:

@@ -10,6 +10,7 @@ from typing import NoReturn, Sequence
 
 from torchclr import config as config_module
 from torchclr.errors import UserError
+from torchclr.interrupt import Interrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"torchclr: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"torchclr: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("torchclr: interrupted (the last epoch checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130

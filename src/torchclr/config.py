@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from torchclr.errors import UserError
 from torchclr.transforms.spec import AugmentSpec
 
@@ -49,6 +52,10 @@ class PretrainConfig:
                           "set would take more than 25%% of the available memory", ("auto", "memory", "stream"))
     download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10 (needs a network)")
     workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image and --data-mode stream; default: from the core count")
+    strict: bool = _opt(False, "stop at the first bad image file (unreadable, corrupt, too large, not a regular file) "
+                        "instead of skipping it; skipped files are listed in skipped_files.csv in the run folder")
+    max_image_pixels: int = _opt(DEFAULT_MAX_IMAGE_PIXELS, "images with more pixels are skipped as decompression bombs")
+    max_file_mb: int = _opt(DEFAULT_MAX_FILE_MB, "image files (or zip members) larger than this many MiB are skipped unread")
     # augmentation (paper, appendix A)
     crop: bool = _opt(True, "random resized crop (off: plain resize)")
     crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
@@ -97,7 +104,11 @@ class PretrainConfig:
                                "error (a dead or stalled process); must exceed the time rank 0 takes to write a checkpoint")
     # output and monitoring
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
-    keep_checkpoints: int = _opt(2, "epoch checkpoints to keep (older ones are deleted; 0 keeps all)")
+    keep_checkpoints: int = _opt(2, "checkpoints to keep (older ones are deleted; 0 keeps all)")
+    save_every_steps: int = _opt(0, "also save a checkpoint every this many steps, mid-epoch (0: at epoch ends only); "
+                                 "SIGTERM and SIGUSR1 always save one at the current step")
+    skip_nonfinite_steps: bool = _opt(False, "skip (and count) a step whose loss or gradients are not finite instead of "
+                                      "stopping the run; costs one device-to-host sync per step")
     knn_every: int | None = _opt(None, "run the kNN monitor every this many epochs (0: never); default: 1, or 10 when "
                                  "the labelled data is too large to hold in memory")
     knn_bank_size: int = _opt(50_000, "labelled training images (a seeded subset, or all if fewer) the kNN monitor compares against")
@@ -112,30 +123,36 @@ class PretrainConfig:
             blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p,
         )
 
-    def validate(self) -> None:
-        """Reject values no run could use, naming the option; the rest is checked where it is used."""
-        positive = ("image_size", "stored_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k", "knn_bank_size")
+    def validate(self, named: dict[str, str] | None = None) -> None:
+        """Reject values no run could use, naming the option as given (`named`: field -> how the user wrote it,
+        e.g. "config run.yaml: key lr"; default --flag); the rest is checked where it is used."""
+        def option(name: str) -> str:
+            return (named or {}).get(name, f"--{_flag(name)}")
+
+        positive = ("image_size", "stored_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k", "knn_bank_size",
+                    "max_image_pixels", "max_file_mb")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        if self.stored_size is not None and self.stored_size < self.image_size:
-            raise UserError(f"--stored-size {self.stored_size} is smaller than --image-size {self.image_size}: "
-                            "crops would be blown up from a smaller picture")
+                raise UserError(f"{option(name)} must be > 0, got {getattr(self, name)}")
         for name in ("temperature", "knn_temperature", "lr", "dist_timeout"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
+            if getattr(self, name) <= 0:
+                raise UserError(f"{option(name)} must be > 0, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise UserError(f"{option('batch_size')} must be at least 2 (a contrastive loss needs other images as negatives), got {self.batch_size}")
         if self.stored_size is not None and self.image_size is not None and self.stored_size < self.image_size:
-            raise UserError(f"--stored-size {self.stored_size} is smaller than --image-size {self.image_size}: "
+            raise UserError(f"{option('stored_size')} {self.stored_size} is smaller than --image-size {self.image_size}: "
                             "crops would be blown up from a smaller picture")
-        for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every"):
+        for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every", "save_every_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise UserError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"{option(name)} must be >= 0, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        # The view size may come from the data later; the rest of the augmentation is checked now.
-        dataclasses.replace(self, image_size=self.image_size or AugmentSpec.image_size).augment_spec()
+                raise UserError(f"{option(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        try:  # the view size may come from the data later; the rest of the augmentation is checked now
+            dataclasses.replace(self, image_size=self.image_size or AugmentSpec.image_size).augment_spec()
+        except UserError as err:  # the spec names its own fields (augment.crop_scale); users typed --crop-scale
+            raise UserError(re.sub(r"augment\.(\w+)", lambda m: option(m.group(1)), str(err))) from None
         self.grad_cache_request()
 
     def grad_cache_request(self) -> int | str:
@@ -166,13 +183,23 @@ _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
-    """Check and convert one value for field `name`; the message names the key and where it came from."""
+    """Check and convert one value for field `name`; the message names the option as the user wrote it
+    (`--crop-scale` on the command line, the key and the file for YAML). Every number must be finite:
+    NaN passes every `<= 0` check, so it is refused here, once, for all options."""
     f = {f.name: f for f in dataclasses.fields(PretrainConfig)}[name]
     kind, optional = _base_type(f.type)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
-        raise UserError(f"{where}: {name} may not be empty")
+        raise UserError(f"{where} may not be empty")
+    converted = _convert(kind, value, where)
+    numbers = converted if isinstance(converted, tuple) else (converted,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise UserError(f"{where} must be a finite number, got {value!r}")
+    return converted
+
+
+def _convert(kind: type, value: Any, where: str) -> Any:
     try:
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
@@ -189,7 +216,11 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise ValueError
         return kind(value)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: {name} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}") from None
+        raise UserError(f"{where} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}") from None
+
+
+def _yaml_where(source: str, key: str) -> str:
+    return f"config {source}: key {key}"
 
 
 def load_yaml(source: str) -> dict[str, Any]:
@@ -200,9 +231,18 @@ def load_yaml(source: str) -> dict[str, Any]:
         path = Path(source)
         if not path.is_file():
             raise UserError(f"config {source} is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"config {source} is not a text file (not UTF-8); give a YAML file") from None
+        except OSError as err:
+            raise UserError(f"config {source} cannot be read: {err.strerror or err}") from None
+    if "\0" in text:
+        raise UserError(f"config {source} is a binary file, not YAML")
     try:
         raw = yaml.safe_load(text) or {}
+    except RecursionError:
+        raise UserError(f"config {source} is nested too deeply to be a config") from None
     except yaml.YAMLError as err:
         raise UserError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -213,7 +253,7 @@ def load_yaml(source: str) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise UserError(f"config {source}: unknown key {key!r}")
-        values[name] = _coerce(name, value, f"config {source}")
+        values[name] = _coerce(name, value, _yaml_where(source, key))
     return values
 
 
@@ -237,16 +277,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace) -> PretrainConfig:
     """Defaults, then the YAML/preset, then the command line; validated."""
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    named = {name: _yaml_where(args.config, name) for name in values}
     for f in dataclasses.fields(PretrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
-            values[f.name] = _coerce(f.name, given, "option --" + _flag(f.name))
+            values[f.name] = _coerce(f.name, given, "--" + _flag(f.name))
+            named.pop(f.name, None)
     config = PretrainConfig(**values)
-    config.validate()
+    config.validate(named)
     return config
 
 
 def from_dict(values: dict[str, Any], where: str) -> PretrainConfig:
     """Rebuild a config stored in a checkpoint or run folder."""
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    return PretrainConfig(**{k: _coerce(k, v, where) for k, v in values.items() if k in known})
+    return PretrainConfig(**{k: _coerce(k, v, f"{where}: key {k}") for k, v in values.items() if k in known})

@@ -14,7 +14,10 @@ from typing import Any
 
 import yaml
 
-CHECKPOINT_PATTERN = re.compile(r"epoch-(\d{4,})\.safetensors$")
+from torchclr.checkpoint import remove_stale_temporaries
+
+# epoch-0003.safetensors: after 3 epochs; epoch-0003-step-00000420.safetensors: mid-epoch 4, at global step 420.
+CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensors$")
 
 
 class RunLog:
@@ -26,17 +29,34 @@ class RunLog:
         self._no_matplotlib = False
         self._curve: list[tuple[int, float]] = []
         self._monitor: list[tuple[int, float]] = []
+        self._noted: set[str] = set()
         if writer_enabled:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
+            stale = remove_stale_temporaries(self.checkpoints)
+            if stale:
+                print(f"torchclr: note: removed {len(stale)} temporary file(s) left in {self.checkpoints} by a killed run",
+                      file=sys.stderr)
             self._read_back_metrics()
+
+    def _records(self) -> list[tuple[str, dict[str, Any]]]:
+        """(line, record) of metrics.jsonl; a line cut short by a killed run is dropped."""
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append((line, record))
+        return records
 
     def _read_back_metrics(self) -> None:
         """A resumed run continues the same curves."""
-        path = self.dir / "metrics.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                self._remember(record)
+        for _, record in self._records():
+            self._remember(record)
 
     def _remember(self, record: dict[str, Any]) -> None:
         if "loss" in record and "step" in record:
@@ -49,7 +69,7 @@ class RunLog:
         path = self.dir / "metrics.jsonl"
         if not self.enabled or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        kept = [line for line, record in self._records() if record.get("step", 0) <= step]
         path.write_text("".join(line + "\n" for line in kept))
         self._curve, self._monitor = [], []
         self._read_back_metrics()
@@ -111,18 +131,31 @@ class RunLog:
         fig.savefig(self.dir / "loss_curve.png", dpi=100)
         plt.close(fig)
 
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.checkpoints / f"epoch-{epoch:04d}.safetensors"
+    def checkpoint_path(self, epochs_done: int, step: int | None = None) -> Path:
+        """The file for a checkpoint after `epochs_done` epochs, or mid-epoch at global `step`."""
+        mid = f"-step-{step:08d}" if step is not None else ""
+        return self.checkpoints / f"epoch-{epochs_done:04d}{mid}.safetensors"
+
+    def _checkpoints(self) -> list[Path]:
+        """torchclr's checkpoints, oldest first; other files there are ignored, with a note (once each)."""
+        found = []
+        for path in self.checkpoints.glob("*.safetensors"):
+            match = CHECKPOINT_PATTERN.match(path.name)
+            if match and path.is_file():
+                found.append(((int(match.group(1)), match.group(2) is not None, int(match.group(2) or 0)), path))
+            elif path.name not in self._noted:
+                self._noted.add(path.name)
+                print(f"torchclr: note: ignoring {path} (not a checkpoint name torchclr writes)", file=sys.stderr)
+        return [path for _, path in sorted(found)]
 
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoints.glob("epoch-*.safetensors"), key=lambda p: int(CHECKPOINT_PATTERN.search(p.name).group(1)))  # type: ignore[union-attr]
+        found = self._checkpoints()
         return found[-1] if found else None
 
     def prune(self, keep: int) -> None:
         if not self.enabled or keep <= 0:
             return
-        found = sorted(p for p in self.checkpoints.glob("epoch-*.safetensors") if CHECKPOINT_PATTERN.search(p.name))
-        for old in found[:-keep]:
+        for old in self._checkpoints()[:-keep]:
             old.unlink(missing_ok=True)
 
     def close(self) -> None:

@@ -12,10 +12,12 @@ import dataclasses
 import math
 import os
 import random
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,11 +30,14 @@ from torchclr.config import PretrainConfig
 from torchclr.data.cache import default_stored_size
 from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
 from torchclr.data.plan import choose_mode, default_image_size, sample_sizes
+from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
 from torchclr.evaluate.monitor import final_report, knn_every, open_labelled_eval
 from torchclr.gradcache import grad_cache_backward
+from torchclr.guard import DivergedError, FiniteGuard
+from torchclr.interrupt import Interrupted, StopSignals
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
 from torchclr.models.encoders import CUSTOM_ARCH
@@ -99,6 +104,7 @@ class StepContext:
     dtype: torch.dtype | None
     channels_last: bool
     grad_cache_chunk: int | None = None
+    guard: FiniteGuard | None = None  # watches loss and weights for NaN/inf (see torchclr.guard)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
@@ -122,34 +128,49 @@ def training_step(ctx: StepContext, first: torch.Tensor, second: torch.Tensor) -
         with ctx.autocast():
             loss = ctx.loss_fn(z)
         ctx.scaler.scale(loss).backward()
-    ctx.scaler.step(ctx.optimizer)
+    if ctx.guard is not None and ctx.guard.skip_nonfinite and ctx.scaler.is_enabled():
+        ctx.scaler.unscale_(ctx.optimizer)  # the guard judges the true gradients, not the fp16-scaled ones
+    if ctx.guard is None or ctx.guard.update_allowed(loss):
+        ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
     ctx.scheduler.step()
+    if ctx.guard is not None:
+        ctx.guard.observe(loss)
     return loss.detach()
 
 
-def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_step: int, run: RunLog, progress: bool) -> tuple[int, float]:
-    """Returns the step count after the epoch and the epoch's mean loss (over all processes)."""
+def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_step: int, run: RunLog, progress: bool,
+                    start_step: int = 0, after_step: Callable[[int, int], None] | None = None) -> tuple[int, float]:
+    """Returns the step count after the epoch and the epoch's mean loss (over all processes and finite steps).
+
+    `start_step` resumes mid-epoch; `after_step(step_in_epoch, global_step)` runs after every step (checkpoints).
+    """
     log_every = max(1, batches.steps_per_epoch // 10)
-    total, count, start = torch.zeros((), device=ctx.device), 0, time.perf_counter()
-    bar = tqdm(total=batches.steps_per_epoch, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
-    for first, second in batches.epoch(epoch):
+    total, finite, count, start = torch.zeros((), device=ctx.device), torch.zeros((), device=ctx.device), 0, time.perf_counter()
+    bar = tqdm(total=batches.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
+    for step_in_epoch, (first, second) in enumerate(batches.epoch(epoch, start_step), start=start_step + 1):
         loss = training_step(ctx, first, second)
-        total += loss
+        total += torch.where(loss.isfinite(), loss, 0.0)  # a step skipped by --skip-nonfinite-steps has no loss
+        finite += loss.isfinite()
         count += 1
         global_step += 1
         bar.update(1)
-        if count % log_every == 0 or count == batches.steps_per_epoch:
-            # Checked here, not every step, to keep the device from waiting on the host; every rank sees the same
-            # mean, so all stop together, and before this epoch's checkpoint: the last good one stays the latest.
+        if step_in_epoch % log_every == 0 or step_in_epoch == batches.steps_per_epoch:
+            # Checked here and before every save, not every step, to keep the device from waiting on the host;
+            # every rank sees the same verdict, so all stop together, before anything non-finite is saved.
+            if ctx.guard is not None:
+                ctx.guard.check()
             value, lr = distributed.mean_over_ranks(loss).item(), ctx.optimizer.param_groups[0]["lr"]
-            if not math.isfinite(value):
-                raise UserError(f"loss became {value} by step {global_step}; lower --lr or raise --temperature")
+            if not math.isfinite(value) and not (ctx.guard is not None and ctx.guard.skip_nonfinite):
+                raise DivergedError(f"loss became {value} by step {global_step}; lower --lr or raise --temperature")
             images_per_s = count * len(first) * distributed.world_size() / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}")
-            run.log({"step": global_step, "epoch": epoch + 1, "loss": value, "lr": lr, "images_per_s": images_per_s})
+            record = {"step": global_step, "epoch": epoch + 1, "loss": value, "lr": lr, "images_per_s": images_per_s}
+            run.log({k: v for k, v in record.items() if k != "loss" or math.isfinite(value)})
+        if after_step is not None:
+            after_step(step_in_epoch, global_step)
     bar.close()
-    return global_step, distributed.mean_over_ranks(total / max(count, 1)).item()
+    return global_step, distributed.mean_over_ranks(total / finite.clamp(min=1)).item()
 
 
 def _with_image_size(config: PretrainConfig, images: ImageSet, sizes: list[tuple[int, int]]) -> PretrainConfig:
@@ -169,23 +190,39 @@ def _say(line: str) -> None:
 
 
 def _view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[int, int]], device: torch.device,
-                  rank: int, world: int) -> ViewBatches:
-    """The data path: per image (the reference), or batched from memory or streamed, as --data-mode says or fits."""
+                  rank: int, world: int, run: RunLog) -> ViewBatches:
+    """The data path: per image (the reference), or batched from memory or streamed, as --data-mode says or fits.
+
+    Bad image files are skipped (reported and listed in the run folder) or, with --strict, fatal."""
+    listed = len(images) + len(images.skipped)
     per_process = config.batch_size // world
     if per_process * world != config.batch_size:
         raise UserError(f"--batch-size {config.batch_size} must be a multiple of the number of processes ({world})")
+    if per_process < 2:
+        raise UserError(f"--batch-size {config.batch_size} over {world} processes leaves {per_process} image per process; "
+                        "each needs at least 2")
     if len(images) < config.batch_size:
         raise UserError(f"data {images.origin} has {len(images)} images, fewer than --batch-size {config.batch_size}")
     spec = config.augment_spec()
+    batches: ViewBatches
     if config.augment_mode == "per-image":
         _say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
-        return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
-    stored = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
-    plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
-    _say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
-    if plan.mode == "stream":
-        return StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers)
-    return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored)
+        batches = PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
+    else:
+        stored = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+        plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
+        _say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
+        if plan.mode == "stream":
+            batches = StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers)
+        else:
+            batches = BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored)
+    if images.skipped.entries and rank == 0:
+        images.skipped.write_csv(run.dir / "skipped_files.csv")
+        tqdm.write(f"torchclr: {images.skipped.summary(listed)}; list in {run.dir / 'skipped_files.csv'}", file=sys.stderr)
+    if batches.steps_per_epoch < 1:
+        raise UserError(f"data {images.origin}: too few usable images for one step of --batch-size {config.batch_size} "
+                        f"({images.skipped.summary(listed)})")
+    return batches
 
 
 def wrap_for_training(model: SimCLR, device: torch.device, sync_bn: bool, compile: bool) -> tuple[SimCLR, nn.Module]:
@@ -219,18 +256,31 @@ def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepCont
     tensors, meta = checkpoint.load(path)
     if meta.get("kind") != "training":
         raise UserError(f"checkpoint {path} holds no training state to resume (it is a {meta.get('kind')!r} file)")
-    mine, theirs = model_description(config), meta["model"]
+    mine, theirs = model_description(config), meta.get("model")
     if mine != theirs:
         raise UserError(f"checkpoint {path} was written for {theirs} but this run builds {mine}")
     checkpoint.load_model_state(model, checkpoint.model_tensors(tensors), path, f"{config.arch}")
     # rng.augment is rank 0's augmentation stream; every other rank takes its own, or keeps its fresh seed when
     # the checkpoint comes from a run with fewer processes.
     rank, generator = distributed.rank(), getattr(batches, "generator", None)
-    checkpoint.restore_training(tensors, meta, ctx.optimizer, ctx.scheduler, generator if rank == 0 else None, ctx.scaler)
+    checkpoint.restore_training(tensors, meta, ctx.optimizer, ctx.scheduler, generator if rank == 0 else None, ctx.scaler, path)
     own_state = tensors.get(_rank_key(rank))  # the states of ranks this run does not have are left unused
     if generator is not None and own_state is not None:
         checkpoint.set_generator_state(generator, own_state)
-    return int(meta["epoch"]), int(meta["step"])
+    try:
+        return int(meta["epoch"]), int(meta.get("epoch_step", 0)), int(meta["step"])
+    except (TypeError, ValueError):
+        raise UserError(f"checkpoint {path} has malformed epoch/step metadata") from None
+
+
+def _stop_agreed(stop: StopSignals, step_in_epoch: int, steps_per_epoch: int) -> bool:
+    """Whether to stop on a signal now: at once in one process; under several, all agree at each tenth of an
+    epoch (a collective), so that every rank saves and stops at the same step."""
+    if distributed.world_size() == 1:
+        return stop.received is not None
+    if step_in_epoch % max(1, steps_per_epoch // 10) and step_in_epoch != steps_per_epoch:
+        return False
+    return any(distributed.all_gather_objects(stop.received is not None))
 
 
 def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Module | None = None) -> dict[str, Any]:
@@ -243,21 +293,23 @@ def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Modu
     if encoder is not None:
         config = dataclasses.replace(config, arch=CUSTOM_ARCH, cifar_stem=None)
     device = resolve_device(config.device, distributed.local_rank())
-    with distributed.process_group(device, config.dist_timeout):
-        return _pretrain(config, resume, device, encoder)
+    with distributed.process_group(device, config.dist_timeout), StopSignals() as stop:
+        return _pretrain(config, resume, device, stop, encoder)
 
 
-def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, encoder: nn.Module | None = None) -> dict[str, Any]:
+def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,
+              encoder: nn.Module | None = None) -> dict[str, Any]:
     rank, world = distributed.rank(), distributed.world_size()
     dtype = autocast_dtype(config.precision, device)
     seed_everything(config.seed + rank, config.deterministic)
     run = RunLog(config.out_dir, writer_enabled=rank == 0)
 
-    images = open_images(config.data, config.train_split, config.download)
+    policy = ReadPolicy(config.max_image_pixels, config.max_file_mb << 20, config.strict)
+    images = open_images(config.data, config.train_split, config.download, policy)
     sizes = sample_sizes(images, seed=config.seed)
     config = _with_image_size(config, images, sizes)
     model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
-    batches = _view_batches(config, images, sizes, device, rank, world)
+    batches = _view_batches(config, images, sizes, device, rank, world, run)
     labelled = open_labelled_eval(config)
     monitor_every = knn_every(config, labelled) if labelled is not None else 0
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
@@ -277,36 +329,67 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     if rank == 0:
         print(plan.describe(), flush=True)
 
-    start_epoch, global_step = 0, 0
+    start_epoch, start_step, global_step = 0, 0, 0
     if resume:
         # Rank 0 picks the file, so that every process continues from the same epoch.
         path = distributed.all_gather_objects(run.latest_checkpoint() if resume == "latest" else Path(resume))[0]
         if path is None:
             raise UserError(f"--resume: no checkpoint in {run.checkpoints} to resume from")
-        start_epoch, global_step = _restore(path, config, model, ctx, batches)
+        start_epoch, start_step, global_step = _restore(path, config, model, ctx, batches)
         run.truncate_after(global_step)
+    elif rank == 0:  # rather now than after the first epoch
+        checkpoint.check_free_space(run.checkpoints, checkpoint.estimated_training_bytes(model, config.optimizer), "checkpoints")
     run.write_config(config)
+    ctx.guard = FiniteGuard(model, global_step, config.skip_nonfinite_steps)
+
+    def save(epochs_done: int, global_step: int, mid_epoch_step: int = 0) -> Path:
+        """Everything --resume needs, at the end of an epoch or mid-epoch; never a non-finite state."""
+        assert ctx.guard is not None
+        ctx.guard.check()
+        augment_states = _augment_states(batches)
+        path = run.checkpoint_path(epochs_done, global_step if mid_epoch_step else None)
+        if rank == 0:
+            info = {"config": _jsonable(config), "model": model_description(config), "epoch": epochs_done,
+                    "step": global_step, "epoch_step": mid_epoch_step}
+            checkpoint.save_training(path, model, optimizer, scheduler, getattr(batches, "generator", None), info, scaler, augment_states)
+            run.prune(config.keep_checkpoints)
+        return path
+
+    def after_step(epoch: int, step_in_epoch: int, global_step: int) -> None:
+        """Mid-epoch checkpoints: every --save-every-steps, and on SIGTERM/SIGUSR1 (then stop)."""
+        signalled = _stop_agreed(stop, step_in_epoch, batches.steps_per_epoch)
+        periodic = config.save_every_steps and global_step % config.save_every_steps == 0
+        if not signalled and not (periodic and step_in_epoch < batches.steps_per_epoch):  # the epoch's end saves anyway
+            return
+        path = save(epoch, global_step, step_in_epoch)
+        distributed.barrier()
+        if signalled:
+            raise Interrupted(stop.received or signal.SIGTERM, f"stopped by {stop.name() or 'a signal on another process'} "
+                              f"at step {global_step} (epoch {epoch + 1}, step {step_in_epoch} of {batches.steps_per_epoch}); "
+                              f"saved {path}; continue with the same command and --resume")
 
     record: dict[str, Any] = {}
     for epoch in range(start_epoch, config.epochs):
-        global_step, mean_loss = train_one_epoch(ctx, batches, epoch, global_step, run, config.progress and rank == 0)
+        global_step, mean_loss = train_one_epoch(ctx, batches, epoch, global_step, run, config.progress and rank == 0,
+                                                 start_step if epoch == start_epoch else 0,
+                                                 lambda step_in_epoch, step: after_step(epoch, step_in_epoch, step))
         record = {"step": global_step, "epoch": epoch + 1, "epoch_loss": mean_loss}
-        augment_states = _augment_states(batches)
+        if config.skip_nonfinite_steps:
+            record["skipped_steps"] = ctx.guard.skipped
         if labelled is not None and monitor_every and ((epoch + 1) % monitor_every == 0 or epoch + 1 == config.epochs):
             record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature,
                                                    config.knn_bank_size, config.seed)  # every rank extracts a share
         if rank == 0:
             run.log(record)
-            info = {"config": _jsonable(config), "model": model_description(config), "epoch": epoch + 1, "step": global_step}
-            checkpoint.save_training(run.checkpoint_path(epoch + 1), model, optimizer, scheduler,
-                                     getattr(batches, "generator", None), info, scaler, augment_states)
-            run.prune(config.keep_checkpoints)
+        save(epoch + 1, global_step)
+        if rank == 0:
             run.plot()
             if config.progress:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
                 tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
         distributed.barrier()  # the others wait here while rank 0 saves
 
+    ctx.guard.check()
     if rank == 0:
         export_encoder(run.dir / "encoder.safetensors", model, config)
     if labelled is not None:

@@ -11,8 +11,10 @@ than read stale.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -24,7 +26,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from torchclr.data.sources import ImageSet, decode_image
+from torchclr.data.skips import BadFile
+from torchclr.data.sources import ImageSet
+from torchclr.errors import UserError
 
 STORED_SIZE_MULTIPLE = 8  # stored sides are rounded up to this
 STORED_SIZE_MAX_FACTOR = 4  # and never exceed this many view sides, whatever the smallest crop scale
@@ -72,8 +76,10 @@ def materialize_padded(images: ImageSet, side: int, cache_dir: str | Path | None
 
     `sizes` [N, 2] holds each image's valid (height, width); it is None when every image fills the tensor (e.g.
     CIFAR's 32×32 images), which the augmentation then treats as a plain batch. A torchvision set, held as one
-    tensor of equal-sized images, is only shrunk where larger than `side`. With `cache_dir`, the tensor and the
-    sizes are written there and memory-mapped by later runs (and by the other processes of this one).
+    tensor of equal-sized images, is only shrunk where larger than `side`. Files that fail to decode are left out
+    and recorded in `images.skipped` (with --strict the first stops the run). With `cache_dir`, the tensor, the
+    sizes and the skipped files are written there and memory-mapped by later runs (and by the other processes of
+    this one); an unreadable cache file is decoded again, never trusted.
     """
     if images.tensor is not None:
         tensor = images.tensor
@@ -82,46 +88,74 @@ def materialize_padded(images: ImageSet, side: int, cache_dir: str | Path | None
         return replace(images, tensor=tensor, sizes=None)
     cache_file = _cache_file(images, side, cache_dir)
     if cache_file is not None:
-        held = _load_cache(cache_file, len(images))
+        held = _load_padded_cache(cache_file, len(images))
         if held is not None:
-            return replace(images, tensor=held[0], sizes=_sizes_or_none(held[1], held[0].shape[-1]))
-    sizes = torch.tensor([fitted_shape(*_header_shape(images, i), side) for i in range(len(images))], dtype=torch.int32)
+            tensor, sizes, bad = held
+            return _without(images, tensor, bad, _sizes_or_none(sizes, tensor.shape[-1]))
+    shapes: list[tuple[int, int]] = []
+    bad: list[BadFile] = []
+    for index in range(len(images)):
+        try:
+            shapes.append(fitted_shape(*_header_shape(images, index), side))
+        except BadFile as err:
+            _record(images, bad, err)
+            shapes.append((1, 1))
+    sizes = torch.tensor(shapes, dtype=torch.int32)
     padded_side = int(sizes.max())
+    skip = {entry.where for entry in bad}
     if cache_file is None:
         tensor = torch.zeros((len(images), 3, padded_side, padded_side), dtype=torch.uint8)
-        _decode_all_padded(images, side, tensor)
+        bad += _decode_all_padded(images, side, tensor, skip)
     else:
-        tensor = _decode_into_cache(images, side, padded_side, sizes, cache_file)
-    return replace(images, tensor=tensor, sizes=_sizes_or_none(sizes, padded_side))
+        tensor, more = _decode_into_cache(images, side, padded_side, sizes, cache_file, skip)
+        bad += more
+    if cache_file is not None:
+        _write_skip_list(cache_file, bad)
+    return _without(images, tensor, sorted(bad, key=lambda b: b.where), _sizes_or_none(sizes, padded_side))
 
 
 def _header_shape(images: ImageSet, index: int) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding its pixels; a broken file names itself."""
+    """(height, width) from the file's header, without decoding its pixels; a broken file raises BadFile."""
     assert images.read_bytes is not None
     name = images.names[index]
     data = images.read_bytes(name)
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-    except Exception:  # PIL's many header errors: let the decoder raise its one-line UserError
-        image = decode_image(data, f"{images.origin}/{name}")
-        height, width = image.shape[-2:]
+    except Exception:  # PIL's many header errors: let the decoder raise its BadFile with the reason
+        height, width = images.image(index).shape[-2:]
     return height, width
+
+
+def _record(images: ImageSet, bad: list[BadFile], err: BadFile) -> None:
+    """Note a bad file; under --strict the skip log raises instead, naming it."""
+    if images.skipped.strict:
+        images.skipped.add(err)
+    bad.append(err)
 
 
 def _sizes_or_none(sizes: torch.Tensor, side: int) -> torch.Tensor | None:
     return None if bool((sizes == side).all()) else sizes
 
 
-def _decode_all_padded(images: ImageSet, side: int, out: torch.Tensor) -> None:
-    """Decode image i, fit it within `side` and write it top-left into out[i] (whose padding must be zero)."""
+def _decode_all_padded(images: ImageSet, side: int, out: torch.Tensor, skip: set[str]) -> list[BadFile]:
+    """Decode image i, fit it within `side` and write it top-left into out[i] (whose padding must be zero);
+    returns the files that failed (their rows stay zero). Files in `skip` are already known to be bad."""
+    bad: list[BadFile] = []
 
     def decode(index: int) -> None:
-        image = fit_within(images.image(index), side)
+        if f"{images.origin}/{images.names[index]}" in skip:
+            return
+        try:
+            image = fit_within(images.image(index), side)
+        except BadFile as err:
+            _record(images, bad, err)
+            return
         out[index, :, : image.shape[-2], : image.shape[-1]] = image
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(decode, range(len(images))))  # PIL releases the GIL while decoding
+    return bad
 
 
 def _cache_file(images: ImageSet, side: int, cache_dir: str | Path | None) -> Path | None:
@@ -134,33 +168,81 @@ def _sizes_file(cache_file: Path) -> Path:
     return cache_file.with_suffix(".sizes.npy")
 
 
-def _load_cache(cache_file: Path, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The memory-mapped tensor and its sizes, if both files are there and fit `count` images."""
+def _load_padded_cache(cache_file: Path, count: int) -> tuple[torch.Tensor, torch.Tensor, list[BadFile]] | None:
+    """The memory-mapped tensor, its sizes and skipped files, if all are there, readable and fit `count` images."""
     sizes_file = _sizes_file(cache_file)
     if not (cache_file.exists() and sizes_file.exists()):
         return None
-    array, sizes = np.load(cache_file, mmap_mode="c"), np.load(sizes_file)
-    if array.ndim != 4 or array.shape[:2] != (count, 3) or array.shape[2] != array.shape[3] or sizes.shape != (count, 2):
-        return None
-    return torch.from_numpy(array), torch.from_numpy(sizes)
-
-
-def _decode_into_cache(images: ImageSet, side: int, padded_side: int, sizes: torch.Tensor, cache_file: Path) -> torch.Tensor:
-    """Decode straight into a memory-mapped temporary file, then rename it: no second copy in RAM, no half file."""
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomically(_sizes_file(cache_file), lambda handle: np.save(handle, sizes.numpy()))
-    fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-    os.close(fd)
     try:
+        array = np.load(cache_file, mmap_mode="c", allow_pickle=False)
+        sizes = np.load(sizes_file, allow_pickle=False)
+        bad = _read_skip_list(cache_file)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"torchclr: note: ignoring unreadable cache file {cache_file} ({err}); decoding again", file=sys.stderr)
+        return None
+    if (array.dtype != np.uint8 or array.ndim != 4 or array.shape[:2] != (count, 3) or array.shape[2] != array.shape[3]
+            or sizes.shape != (count, 2)):
+        return None
+    return torch.from_numpy(array), torch.from_numpy(sizes), bad
+
+
+def _decode_into_cache(images: ImageSet, side: int, padded_side: int, sizes: torch.Tensor, cache_file: Path,
+                       skip: set[str]) -> tuple[torch.Tensor, list[BadFile]]:
+    """Decode straight into a memory-mapped temporary file, then rename it: no second copy in RAM, no half file.
+
+    Best effort: a cache folder that is full or read-only costs speed on the next run, never this run."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomically(_sizes_file(cache_file), lambda handle: np.save(handle, sizes.numpy()))
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
+        os.close(fd)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), 3, padded_side, padded_side))
-        _decode_all_padded(images, side, torch.from_numpy(array))
+    except OSError as err:
+        print(f"torchclr: note: could not write the cache file {cache_file} ({err.strerror or err}); "
+              "the data stays in memory for this run", file=sys.stderr)
+        tensor = torch.zeros((len(images), 3, padded_side, padded_side), dtype=torch.uint8)
+        return tensor, _decode_all_padded(images, side, tensor, skip)
+    try:
+        bad = _decode_all_padded(images, side, torch.from_numpy(array), skip)
         array.flush()
         del array
         os.replace(tmp, cache_file)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return torch.from_numpy(np.load(cache_file, mmap_mode="c"))
+    return torch.from_numpy(np.load(cache_file, mmap_mode="c", allow_pickle=False)), bad
+
+
+def _skip_list_file(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".skipped.json")
+
+
+def _write_skip_list(cache_file: Path, bad: list[BadFile]) -> None:
+    try:
+        _skip_list_file(cache_file).write_text(json.dumps([[b.where, b.kind, b.detail] for b in bad]))
+    except OSError:  # without the list the cache is not trusted next time (see _read_skip_list): decoded again
+        _sizes_file(cache_file).unlink(missing_ok=True)
+
+
+def _read_skip_list(cache_file: Path) -> list[BadFile]:
+    """The skipped files recorded beside a cache file; a cache without its list is not trusted (OSError)."""
+    return [BadFile(*entry) for entry in json.loads(_skip_list_file(cache_file).read_text())]
+
+
+def _without(images: ImageSet, tensor: torch.Tensor, bad: list[BadFile], sizes: torch.Tensor | None = None) -> ImageSet:
+    """The set minus the files in `bad` (recorded in its skip log); an all-bad set is an error."""
+    for entry in bad:
+        images.skipped.add(entry)
+    if not bad:
+        return replace(images, tensor=tensor, sizes=sizes)
+    failed = {entry.where for entry in bad}
+    keep = [i for i, name in enumerate(images.names) if f"{images.origin}/{name}" not in failed]
+    if not keep:
+        raise UserError(f"data {images.origin}: every image file is bad: {images.skipped.summary(len(images.skipped))}")
+    rows = torch.tensor(keep)
+    return replace(images, tensor=tensor[rows] if len(keep) < len(tensor) else tensor,
+                   sizes=None if sizes is None else sizes[rows],
+                   labels=[images.labels[i] for i in keep], names=[images.names[i] for i in keep])
 
 
 def stored_side(image_size: int) -> int:
@@ -180,35 +262,69 @@ def square(image: torch.Tensor, size: int) -> torch.Tensor:
 def materialize(images: ImageSet, size: int | None = None, cache_dir: str | Path | None = None) -> ImageSet:
     """Return `images` held as one uint8 tensor of square centre views of side `size` (default: the first image's side).
 
-    With `cache_dir`, the decoded tensor is stored there as a .npy file and memory-mapped on later runs.
+    Files that fail to decode are left out and recorded in `images.skipped`. With `cache_dir`, the decoded tensor
+    is stored there as a .npy file (the skipped files beside it, as JSON) and memory-mapped on later runs.
     """
     if images.tensor is not None:
         if size is None or images.tensor.shape[-2:] == (size, size):
             return images
         return replace(images, tensor=torch.stack([square(img, size) for img in images.tensor]))
     if size is None:
-        first = images.image(0)
+        first = _first_decodable(images)
         size = first.shape[-1] if first.shape[-1] == first.shape[-2] else min(first.shape[-2:])
     cache_file = Path(cache_dir) / f"{images.fingerprint[:24]}-{size}px.npy" if cache_dir and images.fingerprint else None
     if cache_file is not None and cache_file.exists():
-        array = np.load(cache_file, mmap_mode="c")
-        if array.shape == (len(images), 3, size, size):
-            return replace(images, tensor=torch.from_numpy(array))
-    tensor = _decode_all(images, size)
+        cached = _load_square_cache(cache_file, len(images), size)
+        if cached is not None:
+            return _without(images, *cached)
+    tensor, bad = _decode_all(images, size)
     if cache_file is not None:
-        _save_atomically(cache_file, lambda handle: np.save(handle, tensor.numpy()))
-    return replace(images, tensor=tensor)
+        try:  # the skip list first: a cache file never exists without the list of its rows to leave out
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_skip_list(cache_file, bad)
+            _save_atomically(cache_file, lambda handle: np.save(handle, tensor.numpy()))
+        except OSError as err:
+            print(f"torchclr: note: could not write the cache file {cache_file} ({err.strerror or err}); "
+                  "the data stays in memory for this run", file=sys.stderr)
+    return _without(images, tensor, bad)
 
 
-def _decode_all(images: ImageSet, size: int) -> torch.Tensor:
+def _first_decodable(images: ImageSet) -> torch.Tensor:
+    for index in range(len(images)):
+        try:
+            return images.image(index)
+        except BadFile:
+            continue
+    raise UserError(f"data {images.origin}: none of its {len(images)} image files can be decoded")
+
+
+def _load_square_cache(path: Path, count: int, size: int) -> tuple[torch.Tensor, list[BadFile]] | None:
+    """The cached views and skipped files, or None (with a note) when the file is not a plain uint8 array of the right shape."""
+    try:
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
+        bad = _read_skip_list(path)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"torchclr: note: ignoring unreadable cache file {path} ({err}); decoding again", file=sys.stderr)
+        return None
+    if array.dtype != np.uint8 or array.shape != (count, 3, size, size):
+        return None
+    return torch.from_numpy(array), bad
+
+
+def _decode_all(images: ImageSet, size: int) -> tuple[torch.Tensor, list[BadFile]]:
     out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    bad: list[BadFile] = []
 
     def decode(index: int) -> None:
-        out[index] = square(images.image(index), size)
+        try:
+            out[index] = square(images.image(index), size)
+        except BadFile as err:
+            out[index] = 0
+            _record(images, bad, err)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(decode, range(len(images))))  # PIL releases the GIL while decoding
-    return out
+    return out, sorted(bad, key=lambda b: b.where)
 
 
 def _save_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:

@@ -6,7 +6,9 @@ Both draw the images of an epoch with a DistributedSampler (one shard per proces
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from typing import Iterator, Protocol
 
 import torch
@@ -26,7 +28,7 @@ ViewPair = tuple[torch.Tensor, torch.Tensor]
 class ViewBatches(Protocol):
     steps_per_epoch: int
 
-    def epoch(self, epoch: int) -> Iterator[ViewPair]: ...
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]: ...
 
 
 def _sampler(size: int, seed: int, rank: int, world: int) -> DistributedSampler:
@@ -89,10 +91,11 @@ class BatchedViews:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed * 1000 + rank)
 
-    def epoch(self, epoch: int) -> Iterator[ViewPair]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
+        """The epoch's batches from `start_step` on (a mid-epoch resume restores the generator's state there)."""
         self.sampler.set_epoch(epoch)
         order = _to_device(torch.tensor(list(self.sampler), dtype=torch.long), self.images.device)
-        for step in range(self.steps_per_epoch):
+        for step in range(start_step, self.steps_per_epoch):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             batch = _to_device(self.images[index], self.device)
             sizes = None if self.sizes is None else _to_device(self.sizes[index], self.device)
@@ -126,7 +129,9 @@ class PerImageViews:
         self.workers = default_workers() if workers is None else workers
         self.generator = None
 
-    def epoch(self, epoch: int) -> Iterator[ViewPair]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
+        """The epoch's batches from `start_step` on; the first ones are still made and dropped, since the
+        workers' random streams run from the epoch's start (exact, at the cost of re-augmenting them)."""
         self.sampler.set_epoch(epoch)
         # A new loader per epoch, seeded by the epoch, so worker RNG never depends on the past: resume is exact.
         loader = DataLoader(
@@ -135,7 +140,7 @@ class PerImageViews:
             prefetch_factor=4 if self.workers else None,
         )
         try:
-            for first, second in loader:
+            for first, second in itertools.islice(loader, start_step, None):
                 yield first.to(self.device, non_blocking=True), second.to(self.device, non_blocking=True)
         except UserError as err:  # re-raised from a worker with its traceback text: keep the original line
-            raise UserError(str(err).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+            raise UserError(re.sub(r"^torchclr[\w.]*: ", "", str(err).strip().splitlines()[-1])) from None

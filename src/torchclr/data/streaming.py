@@ -10,11 +10,12 @@ and counted; the count is reported at the end of the epoch.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from torchclr.data.cache import fit_within, pad_to
 from torchclr.data.loaders import ViewPair, _sampler, default_workers
@@ -57,6 +58,19 @@ def pad_batch(items: list[torch.Tensor | str]) -> DecodedBatch:
     return torch.stack([pad_to(image, side) for image in filled]), sizes, failures
 
 
+class _FromPosition(Sampler[int]):
+    """The epoch's order from DistributedSampler, minus its first `skip` indices (a mid-epoch resume)."""
+
+    def __init__(self, order: DistributedSampler) -> None:
+        self.order, self.skip = order, 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.order), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.order) - self.skip
+
+
 class StreamedViews:
     """Pairs of views from images decoded batch by batch in persistent DataLoader workers; one shard per rank."""
 
@@ -64,9 +78,10 @@ class StreamedViews:
                  stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None) -> None:
         workers = default_workers() if workers is None else workers
         self.sampler = _sampler(len(images), seed, rank, world)
-        self.steps_per_epoch = len(self.sampler) // batch_size
+        self.steps_per_epoch, self.batch_size = len(self.sampler) // batch_size, batch_size
+        self.position = _FromPosition(self.sampler)
         self.loader = DataLoader(
-            BoundedImages(images, stored_side), batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            BoundedImages(images, stored_side), batch_size=batch_size, sampler=self.position, num_workers=workers,
             collate_fn=pad_batch, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
             # Its own generator for the workers' base seed, so that starting them leaves the global RNG (saved in
@@ -79,8 +94,9 @@ class StreamedViews:
         self.generator.manual_seed(seed * 1000 + rank)
         self.skipped = 0  # images replaced in the last epoch because they could not be decoded
 
-    def epoch(self, epoch: int) -> Iterator[ViewPair]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
         self.sampler.set_epoch(epoch)
+        self.position.skip = start_step * self.batch_size
         self.skipped, first_failure = 0, ""
         for images, sizes, failures in self.loader:
             if failures:
