@@ -57,10 +57,9 @@ def fits_on_device(tensor: torch.Tensor, device: torch.device) -> bool:
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without making the host wait: through pinned memory into an asynchronous copy."""
-    if tensor.device.type != "cpu":
-        return tensor.to(device, non_blocking=True)
-    if device.type == "cuda":
+    """`tensor` on `device` without making the host wait: a host tensor goes to a GPU through pinned memory in an
+    asynchronous copy; a tensor already there (`cuda:0` for `cuda`) is returned as it is."""
+    if tensor.device.type == "cpu" and device.type == "cuda":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
 
