@@ -74,7 +74,7 @@ def test_optimizer_state_survives_the_round_trip(tmp_path: Path) -> None:
 def _training_checkpoint(tmp_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     path = tmp_path / "t.safetensors"
-    checkpoint.save_training(path, model, optimizer, scheduler, None, {"epoch": 1, "step": 1, "model": {}, "config": {}})
+    checkpoint.save_training(path, model, optimizer, scheduler, None, {"epoch": 1, "step": 1, "model": {"arch": "resnet18", "cifar_stem": True}, "config": {}})
     return path
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from torchclr.data.skips import BadFile
 from torchclr.data.sources import ImageSet
 
 MEMORY_SHARE = 0.25  # of the memory available at the start that the in-memory path may fill
@@ -45,7 +46,7 @@ def sample_sizes(images: ImageSet, count: int = SIZE_SAMPLE, seed: int = 0) -> l
         try:
             with Image.open(io.BytesIO(images.read_bytes(name))) as img:  # type: ignore[misc]
                 sizes.append((img.height, img.width))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except (BadFile, UnidentifiedImageError, OSError, SyntaxError, ValueError):
             continue  # a broken file is reported where it is decoded
     return sizes
 
