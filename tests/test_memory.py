@@ -125,7 +125,7 @@ def test_a_batch_that_no_chunk_saves_says_what_fits() -> None:
     assert COST.at(chunk or fits) + whole * fits / 1024 <= 600 * MiB
 
 
-def _state(ctx: StepContext, model: SimCLR) -> list[torch.Tensor]:
+def _state(model: SimCLR) -> list[torch.Tensor]:
     return [t.clone() for t in model.state_dict().values()]
 
 
@@ -133,9 +133,9 @@ def _state(ctx: StepContext, model: SimCLR) -> list[torch.Tensor]:
 def test_probing_leaves_the_run_untouched() -> None:
     """The probe steps copies of the model and optimizer, on views from its own random stream."""
     ctx, model = tiny_context()
-    before, rng = _state(ctx, model), torch.get_rng_state()
+    before, rng = _state(model), torch.get_rng_state()
     plan = memory.plan_pretraining(ctx, training_step, model, 16, 8, "auto", eval_images=100)
-    for got, want in zip(_state(ctx, model), before, strict=True):
+    for got, want in zip(_state(model), before, strict=True):
         assert torch.equal(got, want)
     assert not ctx.optimizer.state and ctx.scheduler.last_epoch == 0 and all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
