@@ -93,6 +93,8 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     from torchclr.pretrained import load_encoder
     from torchclr.train import resolve_device
 
+    if max_points < 2:
+        raise UserError(f"--max-points must be at least 2, got {max_points}")
     run_dir = Path(run_dir)
     config, records = read_run(run_dir)
     plots.pyplot()  # before any work: a missing extra is said at once
