@@ -182,9 +182,9 @@ def _summary(run_dir: Path, config: PretrainConfig, records: list[dict[str, Any]
                                    ("loss", f"{config.loss}, temperature {config.temperature}"),
                                    ("batch size / epochs", f"{config.batch_size} / {config.epochs}"),
                                    ("reached", f"epoch {last.get('epoch')}, step {last.get('step')}")]
-    knn = [r["knn_top1"] for r in records if "knn_top1" in r]
+    knn = [r for r in records if "knn_top1" in r]
     if knn:
-        rows.append(("last kNN monitor top-1 %", f"{knn[-1]:.2f}"))
+        rows.append((f"kNN monitor top-1 % (epoch {knn[-1]['epoch']})", f"{knn[-1]['knn_top1']:.2f}"))
     linear = run_dir / "linear_eval.json"
     if linear.is_file():
         for name, result in json.loads(linear.read_text()).items():
