@@ -140,3 +140,15 @@ def test_bad_input_is_one_line(embedded: Path, trained_run: Path, tmp_path: Path
         result = _cli(*argv)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr, (argv, result.stderr)
+
+
+def test_unreadable_images_are_skipped_and_listed(trained_run: Path, tiny_folder: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in sorted((tiny_folder / "test" / "circle").glob("*.png"))[:4]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "0002.png").write_bytes(b"truncated")
+    meta = embed(trained_run / "encoder.safetensors", str(folder), tmp_path / "mixed.npy", progress=False, workers=0)
+    written = load_embeddings(tmp_path / "mixed.npy")
+    assert meta["skipped"] == ["0002.png"] and written.names == ["0000.png", "0001.png", "0003.png"]
+    assert written.vectors.shape == (3, 512) and np.isfinite(written.vectors).all()

@@ -93,6 +93,8 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     from torchclr.pretrained import load_encoder
     from torchclr.train import resolve_device
 
+    if max_points < 2:
+        raise UserError(f"--max-points must be at least 2, got {max_points}")
     run_dir = Path(run_dir)
     config, records = read_run(run_dir)
     plots.pyplot()  # before any work: a missing extra is said at once
@@ -180,9 +182,9 @@ def _summary(run_dir: Path, config: PretrainConfig, records: list[dict[str, Any]
                                    ("loss", f"{config.loss}, temperature {config.temperature}"),
                                    ("batch size / epochs", f"{config.batch_size} / {config.epochs}"),
                                    ("reached", f"epoch {last.get('epoch')}, step {last.get('step')}")]
-    knn = [r["knn_top1"] for r in records if "knn_top1" in r]
+    knn = [r for r in records if "knn_top1" in r]
     if knn:
-        rows.append(("last kNN monitor top-1 %", f"{knn[-1]:.2f}"))
+        rows.append((f"kNN monitor top-1 % (epoch {knn[-1]['epoch']})", f"{knn[-1]['knn_top1']:.2f}"))
     linear = run_dir / "linear_eval.json"
     if linear.is_file():
         for name, result in json.loads(linear.read_text()).items():
