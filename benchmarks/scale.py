@@ -114,6 +114,7 @@ marks["exit"] = code
 marks["total_s"] = time.perf_counter() - started
 marks["peak_rss_self_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 json.dump(marks, open(report, "w"))
+sys.exit(code)
 """
 
 
