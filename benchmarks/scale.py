@@ -7,7 +7,7 @@ Each set is written once as tar shards in the webdataset layout (10,000 images a
 temporary folder. To make a million images quick to write, a few hundred distinct JPEGs are encoded once and their
 bytes repeated under different names and labels. Each set then runs `torchclr pretrain` in a fresh process on the
 streaming path for a few steps (the epoch is cut short by this harness), followed by the kNN monitor and the final
-linear probe on a fixed labelled set of the same kind of images (10,000 train / 2,000 test for the small images,
+linear probe on a fixed labelled set of the same kind of images (2,000 train / 500 test for the small images,
 the same for every size, so that the figures compare the data path and not the size of the probe; 500 / 100 for
 the photos, where ResNet-50 at 224 px is slow on a CPU). Reported:
 
@@ -40,9 +40,9 @@ import numpy as np
 from PIL import Image
 
 SETS = {  # name: (images, width, height, arch, image size, batch size, labelled set: train, test images)
-    "10k": (10_000, 32, 32, "resnet18", 32, 64, 10_000, 2_000),
-    "100k": (100_000, 32, 32, "resnet18", 32, 64, 10_000, 2_000),
-    "1m": (1_000_000, 32, 32, "resnet18", 32, 64, 10_000, 2_000),
+    "10k": (10_000, 32, 32, "resnet18", 32, 64, 2_000, 500),
+    "100k": (100_000, 32, 32, "resnet18", 32, 64, 2_000, 500),
+    "1m": (1_000_000, 32, 32, "resnet18", 32, 64, 2_000, 500),
     "photos": (10_000, 500, 375, "resnet50", 224, 16, 500, 100),
 }
 DISTINCT = 256  # JPEGs actually encoded per set; the rest repeat their bytes
