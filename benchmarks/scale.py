@@ -186,6 +186,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --sizes {', '.join(unknown)} (choose from {', '.join(SETS)})")
     workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    header = (f"{'set':<8}{'images':>10}{'size':>9} {'model':<9}{'px':>4}{'batch':>6}{'start-up s':>11}{'data img/s':>11}"
+              f"{'step img/s':>11}{'RSS MB':>8}{'+workers':>9}{'kNN %':>7}{'load':>6}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         print(f"writing sets in {root}: {DISTINCT} distinct JPEGs per set, their bytes repeated under new names "
@@ -202,20 +204,17 @@ def main() -> None:
             print(f"{name}: {count:,} images of {width}x{height} written in {written:.1f} s", flush=True)
             marks = run_pretrain(data, labelled, root / f"run-{name}", arch, image_size, batch, args.steps,
                                  args.measure, workers)
+            with open("/proc/loadavg") as handle:
+                load = float(handle.read().split()[0])
             for line in marks["said"]:
                 print(f"  {line}")
-            rows.append((name, count, f"{width}x{height}", arch, image_size, batch, marks))
-            with open("/proc/loadavg") as handle:
-                load = handle.read().split()[0]
-            print(f"  done in {marks['total_s']:.0f} s (load {load})", flush=True)
-    print()
-    print(f"{'set':<8}{'images':>10}{'size':>9} {'model':<9}{'px':>4}{'batch':>6}{'start-up s':>11}{'data img/s':>11}"
-          f"{'step img/s':>11}{'RSS MB':>8}{'+workers':>9}{'kNN %':>7}")
-    for name, count, size, arch, image_size, batch, marks in rows:
-        print(f"{name:<8}{count:>10,}{size:>9} {arch:<9}{image_size:>4}{batch:>6}{marks['startup_s']:>11.1f}"
-              f"{marks['data_images_per_s']:>11.1f}{marks['step_images_per_s']:>11.1f}{marks['peak_rss_self_mb']:>8.0f}"
-              f"{marks['peak_rss_tree_mb']:>9.0f}{marks['knn_top1']:>7.1f}")
-    by_name = {row[0]: row[-1] for row in rows}
+            print(f"  done in {marks['total_s']:.0f} s", flush=True)
+            print(header)
+            print(f"{name:<8}{count:>10,}{f'{width}x{height}':>9} {arch:<9}{image_size:>4}{batch:>6}{marks['startup_s']:>11.1f}"
+                  f"{marks['data_images_per_s']:>11.1f}{marks['step_images_per_s']:>11.1f}{marks['peak_rss_self_mb']:>8.0f}"
+                  f"{marks['peak_rss_tree_mb']:>9.0f}{marks['knn_top1']:>7.1f}{load:>6.1f}", flush=True)
+            rows.append((name, marks))
+    by_name = dict(rows)
     if "100k" in by_name and "1m" in by_name:
         for key, what in (("peak_rss_self_mb", "training process"), ("peak_rss_tree_mb", "with its workers")):
             growth = by_name["1m"][key] / by_name["100k"][key] - 1
