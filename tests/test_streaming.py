@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from conftest import png_bytes
 from torchclr import checkpoint
 from torchclr.cli import main
 from torchclr.config import PretrainConfig
-from torchclr.data.cache import pad_to
+from torchclr.data.cache import materialize, pad_to
 from torchclr.data import plan
 from torchclr.data.sources import open_images
 from torchclr.data.streaming import StreamedViews
@@ -108,7 +109,7 @@ def _write_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
     return path
 
 
-def test_tar_shards_read_in_place_with_labels(tmp_path: Path, tiny_folder: Path) -> None:
+def test_tar_shards_read_in_place_with_labels(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = open_images(str(tiny_folder), "train")
     shards = tmp_path / "shards" / "train"
     shards.mkdir(parents=True)
@@ -125,6 +126,9 @@ def test_tar_shards_read_in_place_with_labels(tmp_path: Path, tiny_folder: Path)
         index = int(name.split("/")[1][:6])
         assert images.labels[position] == folder.labels[index]
         assert torch.equal(images.image(position), folder.image(index))
+    order = [int(name.split("/")[1][:6]) for name in images.names]  # decoded by a thread pool, sharing the shards
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # many threads at once, as on a large machine
+    assert torch.equal(materialize(images, 32).tensor, materialize(folder, 32).tensor[order])
 
 
 def test_a_cut_shard_keeps_its_complete_images_or_names_itself(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

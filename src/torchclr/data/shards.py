@@ -36,27 +36,30 @@ def is_tar_shard(path: Path) -> bool:
 
 
 class ShardReader:
-    """Reads one image's bytes from its shard by the offsets of the index; reopens files in each worker process."""
+    """Reads one image's bytes from its shard by the offsets of the index.
+
+    Positioned reads (os.pread) share one descriptor per shard between threads (the in-memory path decodes with
+    a thread pool); each worker process opens its own.
+    """
 
     def __init__(self, names: list[str], shards: list[Path], shard_of: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> None:
         self.names, self.shards = names, shards
         self.shard_of, self.offsets, self.sizes = shard_of, offsets, sizes
-        self._handles: dict[int, object] = {}
+        self._descriptors: dict[int, int] = {}
         self._pid = -1
 
     def __call__(self, name: str) -> bytes:
         position = bisect.bisect_left(self.names, name)  # names are sorted: no second table of a million keys
         if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
+            self._descriptors, self._pid = {}, os.getpid()
         shard = int(self.shard_of[position])
-        handle = self._handles.get(shard)
-        if handle is None:
-            handle = self._handles[shard] = open(self.shards[shard], "rb")  # noqa: SIM115 (kept open for the run)
-        handle.seek(int(self.offsets[position]))  # type: ignore[attr-defined]
-        return handle.read(int(self.sizes[position]))  # type: ignore[attr-defined]
+        descriptor = self._descriptors.get(shard)
+        if descriptor is None:  # a race here opens a spare descriptor, harmless
+            descriptor = self._descriptors[shard] = os.open(self.shards[shard], os.O_RDONLY)
+        return os.pread(descriptor, int(self.sizes[position]), int(self.offsets[position]))
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": {}, "_pid": -1}
+        return {**self.__dict__, "_descriptors": {}, "_pid": -1}
 
 
 def _index_shard(path: Path, extensions: tuple[str, ...]) -> list[tuple[str, int, int, int | None]]:
