@@ -98,8 +98,8 @@ def cut_short(*args, **kwargs):
     batches.steps_per_epoch = min(batches.steps_per_epoch, steps)
     full_epoch = batches.epoch
 
-    def epoch(number):
-        for index, pair in enumerate(itertools.islice(full_epoch(number), batches.steps_per_epoch)):
+    def epoch(number, start_step=0):
+        for index, pair in enumerate(itertools.islice(full_epoch(number, start_step), batches.steps_per_epoch - start_step)):
             if index == 0:
                 marks.setdefault("startup_s", time.perf_counter() - started - marks["data_s"])
             yield pair

@@ -28,7 +28,8 @@ from torchclr.evaluate.monitor import EvalSplit, bank_indices
 from torchclr.models import build_encoder
 from torchclr.train import _view_batches
 from torchclr.transforms import AugmentSpec
-from torchclr.transforms.batched import sample_crop_boxes
+from torchclr.runlog import RunLog
+from torchclr.transforms.batched import replicate_last_valid_row_and_column, sample_crop_boxes
 
 TINY = ["--batch-size", "16", "--lr", "0.3", "--warmup-epochs", "0.5", "--knn-k", "5", "--no-progress", "--seed", "3",
         "--no-cifar-stem", "--data-mode", "stream", "--workers", "1"]
@@ -193,12 +194,13 @@ def test_crop_boxes_stay_inside_each_image_and_reach_its_edges() -> None:
 
 
 def test_a_padded_batch_crops_as_each_image_alone() -> None:
-    """roi_align reads up to half a pixel past a box: at a valid region's edge the padding must act as the border."""
+    """roi_align reads up to half a pixel past a box: at a valid region's edge the padding must act as the border
+    (BatchAugment copies each image's last valid row and column over the first padding ones before cropping)."""
     generator = torch.Generator().manual_seed(0)
     alone = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
              for height, width in ((40, 10), (12, 40), (20, 20))]
-    batch = torch.stack([pad_to(image, 40) for image in alone]).float()
     sizes = torch.tensor([image.shape[-2:] for image in alone])
+    batch = replicate_last_valid_row_and_column(torch.stack([pad_to(image, 40) for image in alone]).float(), sizes)
     boxes = sample_crop_boxes(300, sizes[:, 0].repeat(100), sizes[:, 1].repeat(100), (0.08, 1.0), (3 / 4, 4 / 3), "cpu", generator)
     source = torch.arange(300).remainder(3)
     padded = roi_align(batch, torch.cat((source[:, None].float(), boxes), 1), 8, 1.0, -1, True)
@@ -208,16 +210,16 @@ def test_a_padded_batch_crops_as_each_image_alone() -> None:
         assert torch.allclose(padded[index], expected[0]), index
 
 
-def test_auto_streams_a_set_too_big_for_the_memory_share(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_streams_a_set_too_big_for_the_memory_share(tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     images = open_images(str(tiny_folder), "train")
     sizes = plan.sample_sizes(images)
     config = PretrainConfig(data=str(tiny_folder), image_size=16, batch_size=16, workers=0)
-    assert type(_view_batches(config, images, sizes, torch.device("cpu"), 0, 1)).__name__ == "BatchedViews"
+    assert type(_view_batches(config, images, sizes, torch.device("cpu"), 0, 1, RunLog(tmp_path / "run", writer_enabled=False))).__name__ == "BatchedViews"
     needed = len(images) * 3 * 32 * 32  # 32 px images, stored whole
     monkeypatch.setattr(plan, "available_memory", lambda: 4 * needed - 4)  # the 25% share falls one byte short
     choice = plan.choose_mode("auto", len(images), 120, sizes)
     assert choice.mode == "stream" and "more than 25%" in choice.reason
-    assert isinstance(_view_batches(config, images, sizes, torch.device("cpu"), 0, 1), StreamedViews)
+    assert isinstance(_view_batches(config, images, sizes, torch.device("cpu"), 0, 1, RunLog(tmp_path / "run", writer_enabled=False)), StreamedViews)
     monkeypatch.setattr(plan, "available_memory", lambda: 4 * needed)
     assert plan.choose_mode("auto", len(images), 120, sizes).mode == "memory"
 

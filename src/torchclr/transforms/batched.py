@@ -167,7 +167,7 @@ def _random_offset(slack: Tensor, is_random: Tensor, generator: torch.Generator 
     return torch.where(is_random, drawn, torch.div(slack, 2, rounding_mode="floor"))
 
 
-def _replicate_last_valid_row_and_column(pixels: Tensor, sizes: Tensor) -> Tensor:
+def replicate_last_valid_row_and_column(pixels: Tensor, sizes: Tensor) -> Tensor:
     """Copy each image's last valid row and column over the first padding row and column, in place.
 
     Bilinear samples near a crop's bottom or right edge read one pixel beyond it; at the image's own edge that
@@ -293,7 +293,7 @@ class BatchAugment(nn.Module):
         size = self.spec.image_size
         pixels = images.to(torch.float32, copy=sizes is not None)  # the edge copy below must not touch the caller's
         if sizes is not None:
-            pixels = _replicate_last_valid_row_and_column(pixels, sizes)
+            pixels = replicate_last_valid_row_and_column(pixels, sizes)
         if self.spec.crop or sizes is not None:
             count = views * batch
             source = torch.arange(count, device=images.device).remainder_(batch)
