@@ -162,9 +162,9 @@ def test_jitter_order_is_drawn_per_image() -> None:
     plans: list[tuple[Tensor, Tensor]] = []
     jitter = augment.jitter
 
-    def record(images: Tensor, applied: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    def record(images: Tensor, applied: Tensor, factors: Tensor, order: Tensor, masked: bool) -> Tensor:
         plans.append((applied, order))
-        return jitter(images, applied, factors, order)
+        return jitter(images, applied, factors, order, masked)
 
     augment.jitter = record  # type: ignore[method-assign]
     augment(torch.rand(count, 3, 8, 8), torch.Generator().manual_seed(0))
@@ -177,7 +177,8 @@ def test_jitter_order_is_drawn_per_image() -> None:
     assert len(counts) == 24 and ((counts - expected) ** 2 / expected).sum() < 49.7  # chi-square, 23 dof, 0.001
 
 
-def test_jitter_applies_each_images_ops_in_its_own_order_as_torchvision() -> None:
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "selected"])
+def test_jitter_applies_each_images_ops_in_its_own_order_as_torchvision(masked: bool) -> None:
     """Image i meets op order[i, p] at step p with its own factor; the images not applied are left exactly alone."""
     images = colour_batch().repeat(3, 1, 1, 1)
     count = len(images)
@@ -187,7 +188,7 @@ def test_jitter_applies_each_images_ops_in_its_own_order_as_torchvision() -> Non
     factors = torch.stack([torch.empty(count).uniform_(low, high, generator=generator)
                            for _, low, high, _ in augment._jitter_ops], dim=1)
     order = torch.rand(count, 4, generator=generator).argsort(dim=1)
-    out = augment.jitter(images, applied, factors, order)
+    out = augment.jitter(images.clone(), applied, factors, order, masked)
     reference_ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     for i in range(count):
         expected = images[i]
@@ -272,3 +273,14 @@ def test_float_input_gives_the_views_of_the_uint8_input_and_is_left_alone() -> N
     torch.testing.assert_close(augment(floats), floats, rtol=0, atol=0)
     augment(floats).zero_()
     assert torch.equal(floats, kept)
+
+
+def test_masked_and_selected_ops_give_the_same_views() -> None:
+    """The sync-free path (masks, what a GPU runs) and the selecting one (the CPU's) draw the same numbers and
+    make the same views, every op of the family on."""
+    spec = AugmentSpec(image_size=24, blur_p=0.5, solarize_p=0.3)
+    images = torch.randint(0, 256, (32, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    masked = BatchAugment(spec, sync_free=True).two_views(images, torch.Generator().manual_seed(0))
+    selected = BatchAugment(spec, sync_free=False).two_views(images, torch.Generator().manual_seed(0))
+    for one, other in zip(masked, selected):
+        torch.testing.assert_close(one, other, rtol=0, atol=1e-5)

@@ -59,6 +59,7 @@ def step_parts(folder: Path, device: torch.device) -> tuple[Iterator[tuple[torch
     spec = AugmentSpec(image_size=16, blur_p=0.5, solarize_p=0.2)  # every op of the view family on
     views = BatchedViews(open_images(str(folder), "train"), spec, 8, device, seed=0, stored_size=24)
     assert views.sizes is not None
+    views.augment.sync_free = True  # what a GPU runs by default, traced here on the CPU
     model = build_simclr("resnet18", 16, None, "mlp", 2, 16).to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, "lars", lr=0.1, weight_decay=1e-6, momentum=0.9)
     ctx = StepContext(model, NTXentLoss(0.5), optimizer, warmup_cosine_scheduler(optimizer, 10, 1),
