@@ -205,7 +205,8 @@ def test_sigusr1_saves_mid_epoch_and_the_resumed_run_is_identical(eight_images: 
 
     def step_then_signal(*args: Any) -> torch.Tensor:
         loss = real_step(*args)
-        calls.append(1)
+        if args[0].guard is not None:  # a step of the run, not of the memory plan's probe
+            calls.append(1)
         if len(calls) == 3:  # epoch 2, step 1
             os.kill(os.getpid(), signal.SIGUSR1)
         return loss

@@ -19,7 +19,7 @@ import yaml
 from torch.utils.data import DistributedSampler
 
 from torchclr.config import PretrainConfig, from_dict
-from torchclr.data.cache import materialize, stored_side
+from torchclr.data.cache import default_stored_size, materialize_padded
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.errors import UserError
 from torchclr.report import page, plots
@@ -68,15 +68,18 @@ def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tup
     sampler.set_epoch(0)
     batch_size = min(config.batch_size, len(images))
     first = list(sampler)[:batch_size]
-    batch = materialize(_subset(images, first), stored_side(config.image_size)).tensor
-    assert batch is not None
     spec = config.augment_spec()
+    side = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+    held = materialize_padded(_subset(images, first), side)  # as the training path holds them
+    batch = held.tensor
+    assert batch is not None
     if config.augment_mode == "batched":
         generator = torch.Generator().manual_seed(config.seed * 1000)
-        one, two = BatchAugment(spec).two_views(batch, generator)
+        one, two = BatchAugment(spec).two_views(batch, generator, held.sizes)
     else:
         torch.manual_seed(config.seed)
-        one, two = (torch.stack(v) for v in zip(*(TwoViews(view_transform(spec))(image) for image in batch[:pairs])))
+        whole = (held.image(index) for index in range(min(pairs, len(batch))))  # each image without its padding
+        one, two = (torch.stack(v) for v in zip(*(TwoViews(view_transform(spec))(image) for image in whole)))
     return batch[:pairs], one[:pairs], two[:pairs]
 
 
@@ -88,7 +91,7 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     """Write RUN_DIR/report/index.html and its PNGs; returns the page's path."""
     from torchclr.evaluate.features import eval_images, extract_features
     from torchclr.evaluate.knn import knn_predict
-    from torchclr.evaluate.monitor import open_labelled_eval
+    from torchclr.evaluate.monitor import bank_indices, open_labelled_eval
     from torchclr.neighbors import contact_sheet, nearest
     from torchclr.pretrained import load_encoder
     from torchclr.train import resolve_device
@@ -122,11 +125,13 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     encoder = load_encoder(checkpoint).encoder.to(target)
     labelled = open_labelled_eval(config)
     if labelled is not None:
-        train, test = labelled.features(encoder, target)
-        scores = knn_predict(train, labelled.train_labels, test, labelled.num_classes, config.knn_k, config.knn_temperature)
+        in_bank = bank_indices(len(labelled.train), config.knn_bank_size, config.seed)  # the monitor's own bank
+        train, test = labelled.train.features(encoder, target, in_bank), labelled.test.features(encoder, target)
+        train_labels, test_labels = labelled.train.labels[in_bank], labelled.test.labels
+        scores = knn_predict(train, train_labels, test, labelled.num_classes, config.knn_k, config.knn_temperature)
         classes = open_images(labelled.origin, "train").classes
-        correct = scores.argmax(1) == labelled.test_labels
-        per_class = {name: 100.0 * correct[labelled.test_labels == c].float().mean().item() for c, name in enumerate(classes)}
+        correct = scores.argmax(1) == test_labels
+        per_class = {name: 100.0 * correct[test_labels == c].float().mean().item() for c, name in enumerate(classes)}
         plots.per_class_bars(per_class, out / "per_class.png")
         overall = 100.0 * correct.float().mean().item()
         sections.append(page.section(
@@ -134,8 +139,8 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
             page.table([(k, f"{v:.1f}") for k, v in per_class.items()] + [("all", f"{overall:.2f}")], ("class", "kNN top-1 %")),
             f"Weighted kNN (k = {config.knn_k}, T = {config.knn_temperature}) of {checkpoint.name} on {labelled.origin} "
             f"({labelled.test_split} split), as the run's monitor measures it."))
-        bank_images, query_images = labelled.train_images, labelled.test_images
-        bank, queries, query_labels = train, test, labelled.test_labels.numpy()
+        bank_images, query_images = labelled.train.views()[in_bank], labelled.test.views()
+        bank, queries, query_labels = train, test, test_labels.numpy()
         what = f"{labelled.test_split} images"
     else:
         images = open_images(config.data, config.train_split, config.download)
@@ -156,7 +161,7 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     exclude = picks if labelled is None else None
     k = min(EXAMPLE_NEIGHBOURS, len(bank) - (1 if exclude is not None else 0))
     found = nearest(bank.numpy(), queries[picks].numpy(), k, device=target, exclude=exclude)
-    bank_labels = labelled.train_labels.numpy() if labelled is not None else None
+    bank_labels = train_labels.numpy() if labelled is not None else None
 
     def caption(labels: np.ndarray | None, index: int, prefix: str) -> str:
         return f"{prefix} {classes[int(labels[index])]}" if labels is not None else prefix
