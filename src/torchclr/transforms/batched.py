@@ -86,7 +86,8 @@ def gaussian_blur(images: Tensor, sigmas: Tensor, kernel_size: int) -> Tensor:
     height, width = images.shape[-2:]
     across = _blur_matrices(sigmas, kernel_size, width)
     down = across if height == width else _blur_matrices(sigmas, kernel_size, height)
-    return down.unsqueeze(1) @ (images @ across.transpose(1, 2).unsqueeze(1))
+    # Taps sum to 1 only up to rounding: a flat white image would come out a few ulps above 1.
+    return (down.unsqueeze(1) @ (images @ across.transpose(1, 2).unsqueeze(1))).clamp_(0.0, 1.0)
 
 
 def _blur_matrices(sigmas: Tensor, kernel_size: int, size: int) -> Tensor:
