@@ -20,7 +20,7 @@ from torchclr.cli import main
 from torchclr.config import PretrainConfig
 from torchclr.data.cache import materialize, pad_to
 from torchclr.data import plan
-from torchclr.data.sources import open_images
+from torchclr.data.sources import decode_image, open_images
 from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
 from torchclr.evaluate import linear
@@ -130,6 +130,17 @@ def test_tar_shards_read_in_place_with_labels(tmp_path: Path, tiny_folder: Path,
     order = [int(name.split("/")[1][:6]) for name in images.names]  # decoded by a thread pool, sharing the shards
     monkeypatch.setattr(os, "cpu_count", lambda: 16)  # many threads at once, as on a large machine
     assert torch.equal(materialize(images, 32).tensor, materialize(folder, 32).tensor[order])
+
+
+def test_a_shard_written_out_of_order_is_indexed_sorted_with_its_labels(tmp_path: Path) -> None:
+    members = []
+    for i in reversed(range(6)):  # keys descending, each label after its image
+        members += [(f"{i:03d}.jpg", _jpeg(40, 30, i)), (f"{i:03d}.cls", str(i % 3).encode())]
+    images = open_images(str(_write_shard(tmp_path / "backwards.tar", members)), "train")
+    assert list(images.names) == [f"backwards/{i:03d}.jpg" for i in range(6)]
+    assert images.labels == [i % 3 for i in range(6)]
+    for i in range(6):
+        assert torch.equal(images.image(i), decode_image(_jpeg(40, 30, i), "reference"))
 
 
 def test_a_cut_shard_keeps_its_complete_images_or_names_itself(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -50,6 +50,9 @@ class PretrainConfig:
     data_mode: str = _opt("auto", "--augment-mode batched: 'memory' decodes the whole set into RAM once (fastest), 'stream' "
                           "decodes each batch in DataLoader workers (sets that do not fit), 'auto' streams when the decoded "
                           "set would take more than 25%% of the available memory", ("auto", "memory", "stream"))
+    decode: str = _opt("auto", "--data-mode stream: where JPEGs are decoded: 'workers' (PIL, draft mode for large ones), "
+                       "'device' (read in workers, decoded in batches on the training device: nvJPEG on a GPU), 'auto' "
+                       "(device on a GPU, else workers)", ("auto", "workers", "device"))
     download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10 (needs a network)")
     workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image and --data-mode stream; default: from the core count")
     strict: bool = _opt(False, "stop at the first bad image file (unreadable, corrupt, too large, not a regular file) "

@@ -213,7 +213,10 @@ def _view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[in
         plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
         _say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
         if plan.mode == "stream":
-            batches = StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers)
+            on_device = config.decode == "device" or (config.decode == "auto" and device.type == "cuda")
+            _say(f"data: JPEGs decoded {f'on {device} in batches' if on_device else 'in DataLoader workers'} (--decode {config.decode})")
+            batches = StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers,
+                                    on_device)
         else:
             batches = BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored)
     if images.skipped.entries and rank == 0:

@@ -17,12 +17,13 @@ import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from torchclr.data.names import PackedNames
 from torchclr.data.shards import index_shards, is_tar_shard, shard_paths
 from torchclr.data.skips import BadFile, ReadPolicy, SkipLog
 from torchclr.errors import UserError
@@ -48,7 +49,7 @@ class ImageSet:
     labels: list[int]
     classes: list[str]
     tensor: torch.Tensor | None = None
-    names: list[str] = field(default_factory=list)
+    names: Sequence[str] = field(default_factory=list)
     read_bytes: Callable[[str], bytes] | None = None
     fingerprint: str = ""
     sizes: torch.Tensor | None = None
@@ -187,7 +188,7 @@ def _finish(origin: str, names: list[str], read: Callable[[str], bytes], digest:
     names.sort()
     labels, classes = _labels_from_layout(names)
     digest.update(f"limits {policy.max_image_pixels} {policy.max_file_bytes}".encode())  # they decide what is skipped
-    return ImageSet(origin=origin, labels=labels, classes=classes, names=names, read_bytes=read,
+    return ImageSet(origin=origin, labels=labels, classes=classes, names=PackedNames.build(names), read_bytes=read,
                     fingerprint=digest.hexdigest(), policy=policy, skipped=skipped)
 
 

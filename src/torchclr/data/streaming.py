@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from torchclr.data.cache import fit_within, pad_to
+from torchclr.data.device_decode import EncodedJpeg, decode_on_device, worth_decoding_on_device
 from torchclr.data.loaders import ViewPair, _sampler, default_workers
-from torchclr.data.sources import ImageSet
+from torchclr.data.sources import ImageSet, decode_image
 from torchclr.errors import UserError
 from torchclr.transforms import AugmentSpec, BatchAugment
 
@@ -27,17 +28,26 @@ DecodedBatch = tuple[torch.Tensor | None, torch.Tensor | None, list[str]]
 
 
 class BoundedImages(Dataset):
-    """Image i decoded to uint8 [3, h, w] with max(h, w) <= side, or the one-line reason it could not be."""
+    """Image i decoded to uint8 [3, h, w] with max(h, w) <= side, or the one-line reason it could not be; with
+    `keep_jpegs`, a JPEG worth decoding on the training device comes back still encoded (see device_decode)."""
 
-    def __init__(self, images: ImageSet, side: int) -> None:
-        self.images, self.side = images, side
+    def __init__(self, images: ImageSet, side: int, keep_jpegs: bool = False) -> None:
+        self.images, self.side, self.keep_jpegs = images, side, keep_jpegs
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor | str:
+    def __getitem__(self, index: int) -> torch.Tensor | str | EncodedJpeg:
         try:
-            return fit_within(self.images.image(index, draft_side=self.side), self.side)
+            if not self.keep_jpegs:
+                return fit_within(self.images.image(index, draft_side=self.side), self.side)
+            assert self.images.read_bytes is not None  # streamed sets are read from files
+            name = self.images.names[index]
+            where, data = f"{self.images.origin}/{name}", self.images.read_bytes(name)
+            if worth_decoding_on_device(data, self.side):
+                return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), where)
+            image = decode_image(data, where, self.images.policy.max_image_pixels, draft_side=self.side)
+            return fit_within(image, self.side)
         except UserError as err:
             return str(err)
 
@@ -72,23 +82,26 @@ class _FromPosition(Sampler[int]):
 
 
 class StreamedViews:
-    """Pairs of views from images decoded batch by batch in persistent DataLoader workers; one shard per rank."""
+    """Pairs of views from images decoded batch by batch in persistent DataLoader workers (or, with
+    `jpegs_on_device`, read there and decoded on the training device); one shard per rank."""
 
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device, seed: int,
-                 stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None) -> None:
+                 stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None,
+                 jpegs_on_device: bool = False) -> None:
         workers = default_workers() if workers is None else workers
         self.sampler = _sampler(len(images), seed, rank, world)
         self.steps_per_epoch, self.batch_size = len(self.sampler) // batch_size, batch_size
         self.position = _FromPosition(self.sampler)
         self.loader = DataLoader(
-            BoundedImages(images, stored_side), batch_size=batch_size, sampler=self.position, num_workers=workers,
-            collate_fn=pad_batch, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            BoundedImages(images, stored_side, jpegs_on_device), batch_size=batch_size, sampler=self.position,
+            num_workers=workers, collate_fn=list if jpegs_on_device else pad_batch, drop_last=True,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
             # Its own generator for the workers' base seed, so that starting them leaves the global RNG (saved in
             # checkpoints) alone: a resumed run starts them once more than an uninterrupted one.
             generator=torch.Generator().manual_seed(seed),
         )
-        self.device = device
+        self.device, self.side, self.jpegs_on_device = device, stored_side, jpegs_on_device
         self.augment = BatchAugment(spec)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed * 1000 + rank)
@@ -98,7 +111,10 @@ class StreamedViews:
         self.sampler.set_epoch(epoch)
         self.position.skip = start_step * self.batch_size
         self.skipped, first_failure = 0, ""
-        for images, sizes, failures in self.loader:
+        for batch in self.loader:
+            if self.jpegs_on_device:
+                batch = pad_batch(decode_on_device(batch, self.side, self.device))
+            images, sizes, failures = batch
             if failures:
                 self.skipped += len(failures)
                 first_failure = first_failure or failures[0]

@@ -9,12 +9,16 @@ and 30 on 10%. Fine-tuning random weights the same way is supervised training fr
 from __future__ import annotations
 
 import copy
+import math
+import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchclr import memory
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
@@ -73,6 +77,42 @@ class Classifier(nn.Module):
         return self.head(self.encoder(images))
 
 
+MIN_PIECE = 4  # train-mode BN wants a few images per forward; pieces of a batch are at least half this cap
+
+
+def images_per_pass(model: nn.Module, image_size: int, batch_size: int, device: torch.device,
+                    dtype: torch.dtype | None) -> int:
+    """How many images one forward/backward of `model` may take within the memory plan (at most `batch_size`).
+
+    Measured as the pretraining plan is (`memory.fit_linear`: the real pass at two sizes on a throw-away copy),
+    so that fine-tuning, which runs after hours of pretraining, is not what runs out of memory. A batch bigger
+    than this is run in pieces with gradients accumulated: the optimizer still steps on the whole batch.
+    """
+    if not memory.PeakMeter.available(device):
+        return batch_size
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def run_at(images: int) -> Callable[[], object]:
+        probe = copy.deepcopy(model)
+        views = torch.rand(images, 3, image_size, image_size, device=device, generator=generator).contiguous(
+            memory_format=torch.channels_last)
+        labels = torch.zeros(images, dtype=torch.long, device=device)
+
+        def run() -> None:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = F.cross_entropy(probe(views).float(), labels)
+            loss.backward()
+        return run
+
+    cost = memory.fit_linear(run_at, memory.probe_sizes(batch_size), device)
+    budget = int(memory.free_memory(device) * memory.HEADROOM)
+    most = cost.most_images(budget)
+    if most < min(MIN_PIECE, batch_size):
+        raise UserError(f"fine-tuning needs ~{cost.at(MIN_PIECE) / memory.GiB:.1f} GiB for {MIN_PIECE} images at "
+                        f"{image_size} px, {budget / memory.GiB:.1f} GiB to plan with: free memory or use a smaller model")
+    return min(batch_size, most)
+
+
 def finetune(
     encoder: Encoder, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
     test_labels: torch.Tensor, num_classes: int, settings: FinetuneSettings, device: torch.device,
@@ -90,6 +130,10 @@ def finetune(
 
     torch.manual_seed(settings.seed)
     model = Classifier(copy.deepcopy(encoder), num_classes).to(device, memory_format=torch.channels_last)
+    per_pass = images_per_pass(model, test_images.shape[-1], batch_size, device, dtype)
+    if per_pass < batch_size:
+        print(f"fine-tuning: batches of {batch_size} in pieces of at most {per_pass} images (memory plan), gradients "
+              "accumulated", file=sys.stderr, flush=True)
     lr = scaled_lr(settings.base_lr, batch_size, "linear")
     optimizer = torch.optim.SGD(parameter_groups(model, 0.0), lr=lr, momentum=0.9, nesterov=True)
     scheduler = warmup_cosine_scheduler(optimizer, epochs * len(bounds), 0)
@@ -100,11 +144,12 @@ def finetune(
         order = torch.randperm(len(subset), generator=shuffle)
         for start, stop in bounds:
             index = order[start:stop]
-            views = augment(images[index].to(device), generator).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = F.cross_entropy(model(views).float(), labels[index].to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for piece in index.tensor_split(math.ceil(len(index) / per_pass)):
+                views = augment(images[piece].to(device), generator).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = F.cross_entropy(model(views).float(), labels[piece].to(device), reduction="sum") / len(index)
+                loss.backward()
             optimizer.step()
             scheduler.step()
     scores = extract_features(model, test_images, device, autocast_dtype=dtype)
