@@ -78,6 +78,8 @@ class PretrainConfig:
     loss: str = _opt("nt_xent", "contrastive loss", ("nt_xent", "nt_logistic", "margin_triplet"))
     temperature: float = _opt(0.5, "temperature tau of the loss")
     margin: float = _opt(1.0, "margin of the margin_triplet loss")
+    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
+                           "anchor than its positive (semi-hard mining, the paper's table 4)")
     # optimisation
     optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
     lr: float = _opt(1.0, "base learning rate, scaled by --lr-scaling from the global batch size")
@@ -139,6 +141,8 @@ class PretrainConfig:
                 raise UserError(f"{option(name)} must be > 0, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise UserError(f"{option('batch_size')} must be at least 2 (a contrastive loss needs other images as negatives), got {self.batch_size}")
+        if self.semi_hard and self.loss == "nt_xent":
+            raise UserError(f"{option('semi_hard')} applies to --loss nt_logistic and margin_triplet, not nt_xent")
         if self.stored_size is not None and self.image_size is not None and self.stored_size < self.image_size:
             raise UserError(f"{option('stored_size')} {self.stored_size} is smaller than --image-size {self.image_size}: "
                             "crops would be blown up from a smaller picture")

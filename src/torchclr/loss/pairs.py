@@ -56,13 +56,28 @@ def pair_similarities(z: torch.Tensor) -> Pairs:
     )
 
 
-def mean_over_negatives(terms: torch.Tensor, pairs: Pairs) -> torch.Tensor:
-    """Average per-pair terms [2n, 2N] over each row's 2N - 2 negatives, i.e. all columns but itself and its positive.
+def mean_over_negatives(terms: torch.Tensor, pairs: Pairs, semi_hard: bool = False) -> torch.Tensor:
+    """Average per-pair terms [2n, 2N] over each row's negatives: all columns but itself and its positive, or with
+    `semi_hard` only those less similar to the row than its positive (s_ik < s_ij, as the paper's table 4).
 
-    Zeroes those two columns out of place: relu and friends keep their output for the backward pass. With a
-    single image in the whole batch there are no negatives and the average of nothing is taken as 0.
+    Zeroes the other columns out of place: relu and friends keep their output for the backward pass. A row with
+    no negatives (a single image in the whole batch, or no semi-hard one) averages nothing, taken as 0.
     """
     excluded = torch.stack((pairs.self_index, pairs.positive_index), dim=1)
-    terms = terms.scatter(1, excluded, 0.0)
-    negatives = max(terms.shape[1] - 2, 1)
-    return terms.sum(dim=1) / negatives
+    if not semi_hard:
+        terms = terms.scatter(1, excluded, 0.0)
+        return terms.sum(dim=1) / max(terms.shape[1] - 2, 1)
+    kept = semi_hard_negatives(pairs)
+    return torch.where(kept, terms, 0.0).sum(dim=1) / kept.sum(dim=1).clamp(min=1)
+
+
+def semi_hard_negatives(pairs: Pairs) -> torch.Tensor:
+    """Boolean [2n, 2N]: the negatives k of row i with s_ik < s_ij, i.e. easier than its positive j.
+
+    The paper (section 5.1, table 4) mines these for NT-Logistic and the margin loss, after Schroff et al. (2015):
+    harder negatives (more similar than the positive) make those losses collapse. A selection, so no gradient flows
+    through it; under several processes it covers the negatives of every rank, as the similarities do.
+    """
+    positive = pairs.similarity.gather(1, pairs.positive_index.unsqueeze(1))
+    kept = pairs.similarity.detach() < positive.detach()
+    return kept.scatter(1, pairs.self_index.unsqueeze(1), False)  # s_ii = 1 is never below s_ij, but rounding may say so
