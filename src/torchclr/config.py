@@ -67,6 +67,11 @@ class PretrainConfig:
     blur_p: float | None = _opt(None, "probability of Gaussian blur; default: 0.5 for images of 64 px or more, else 0")
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
     solarize_p: float = _opt(0.0, "probability of solarization")
+    cutout_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of cutout, one zeroed square")
+    sobel_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of replacing a view by its Sobel edges")
+    noise_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of additive Gaussian noise")
+    rotate_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of a rotation by 90, 180 or 270 degrees")
+    one_branch: bool = _opt(False, "ablation only (figure 5, batched views): distort the first view only, the second is the crop alone")
     # model
     arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
                      "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
@@ -122,7 +127,8 @@ class PretrainConfig:
         return AugmentSpec(
             image_size=self.image_size, crop=self.crop, crop_scale=tuple(self.crop_scale), crop_ratio=tuple(self.crop_ratio),
             flip_p=self.flip_p, jitter_strength=self.jitter_strength, jitter_p=self.jitter_p, grayscale_p=self.grayscale_p,
-            blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p,
+            blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p, cutout_p=self.cutout_p,
+            sobel_p=self.sobel_p, noise_p=self.noise_p, rotate_p=self.rotate_p, one_branch=self.one_branch,
         )
 
     def validate(self, named: dict[str, str] | None = None) -> None:
@@ -157,6 +163,8 @@ class PretrainConfig:
             dataclasses.replace(self, image_size=self.image_size or AugmentSpec.image_size).augment_spec()
         except UserError as err:  # the spec names its own fields (augment.crop_scale); users typed --crop-scale
             raise UserError(re.sub(r"augment\.(\w+)", lambda m: option(m.group(1)), str(err))) from None
+        if self.augment_mode == "per-image" and any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p, self.one_branch)):
+            raise UserError("--cutout-p, --sobel-p, --noise-p, --rotate-p and --one-branch need --augment-mode batched")
         self.grad_cache_request()
 
     def grad_cache_request(self) -> int | str:
