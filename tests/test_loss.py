@@ -35,9 +35,14 @@ def partner(i: int) -> int:
     return i + 1 if i % 2 == 0 else i - 1
 
 
-def reference_nt_xent(z: torch.Tensor, tau: float) -> float:
+def dot_matrix(rows: list[list[float]]) -> list[list[float]]:
+    """s_ij = u_i . u_j: the similarity without l2 normalisation (the paper's table 5)."""
+    return [[sum(a * b for a, b in zip(u, v)) for v in rows] for u in rows]
+
+
+def reference_nt_xent(z: torch.Tensor, tau: float, similarity=cosine_matrix) -> float:
     """Algorithm 1 of the paper, term by term."""
-    s = cosine_matrix(paper_order(z))
+    s = similarity(paper_order(z))
     size = len(s)
 
     def ell(i: int, j: int) -> float:
@@ -101,6 +106,14 @@ def test_nt_logistic_matches_loop(n: int, tau: float) -> None:
 def test_margin_triplet_matches_loop(n: int, margin: float) -> None:
     z = embeddings(n, seed=n)
     assert MarginTripletLoss(margin)(z).item() == pytest.approx(reference_margin_triplet(z, margin), abs=1e-5)
+
+
+@pytest.mark.parametrize("tau", (0.5, 1.0))
+def test_nt_xent_without_l2_normalisation_uses_dot_products(tau: float) -> None:
+    z = embeddings(4, dim=8, seed=5) / 3
+    expected = reference_nt_xent(z, tau, similarity=dot_matrix)
+    assert build_loss("nt_xent", tau, 0.5, l2_normalize=False)(z).item() == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(reference_nt_xent(z, tau), rel=1e-3)
 
 
 def semi_hard_embeddings(n: int, seed: int) -> torch.Tensor:

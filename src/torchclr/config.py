@@ -85,6 +85,7 @@ class PretrainConfig:
     margin: float = _opt(1.0, "margin of the margin_triplet loss")
     semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
                            "anchor than its positive (semi-hard mining, the paper's table 4)")
+    l2_normalize: bool = _opt(True, "compare z by cosine similarity (off: by dot product, the paper's table 5 ablation)")
     # optimisation
     optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
     lr: float = _opt(1.0, "base learning rate, scaled by --lr-scaling from the global batch size")

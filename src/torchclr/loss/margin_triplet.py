@@ -21,15 +21,16 @@ class MarginTripletLoss(nn.Module):
     `torchclr.loss.pairs.semi_hard_negatives`).
     """
 
-    def __init__(self, margin: float, semi_hard: bool = False) -> None:
+    def __init__(self, margin: float, semi_hard: bool = False, l2_normalize: bool = True) -> None:
         super().__init__()
+        self.l2_normalize = l2_normalize
         if not (math.isfinite(margin) and margin >= 0):
             raise UserError(f"margin must be >= 0, got {margin}")
         self.margin, self.semi_hard = margin, semi_hard
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Loss for z of shape [2n, d] = [view 1 rows; view 2 rows]."""
-        pairs = pair_similarities(z)
+        pairs = pair_similarities(z, self.l2_normalize)
         positive = pairs.similarity.gather(1, pairs.positive_index.unsqueeze(1))
         hinge = torch.relu(pairs.similarity - positive + self.margin)
         return mean_over_negatives(hinge, pairs, self.semi_hard).mean()

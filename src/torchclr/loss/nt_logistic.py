@@ -19,14 +19,15 @@ class NTLogisticLoss(nn.Module):
     `torchclr.loss.pairs.semi_hard_negatives`).
     """
 
-    def __init__(self, temperature: float, semi_hard: bool = False) -> None:
+    def __init__(self, temperature: float, semi_hard: bool = False, l2_normalize: bool = True) -> None:
         super().__init__()
+        self.l2_normalize = l2_normalize
         self.temperature = check_temperature(temperature)
         self.semi_hard = semi_hard
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Loss for z of shape [2n, d] = [view 1 rows; view 2 rows]."""
-        pairs = pair_similarities(z)
+        pairs = pair_similarities(z, self.l2_normalize)
         logits = pairs.similarity / self.temperature
         positive = logits.gather(1, pairs.positive_index.unsqueeze(1)).squeeze(1)
         # -log sigmoid(x) = softplus(-x) and -log sigmoid(-x) = softplus(x), without overflow.

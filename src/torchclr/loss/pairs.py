@@ -31,8 +31,9 @@ def check_temperature(temperature: float) -> float:
     return temperature
 
 
-def pair_similarities(z: torch.Tensor) -> Pairs:
-    """Normalise rows, gather them from all ranks and compute local-vs-global cosine similarities.
+def pair_similarities(z: torch.Tensor, l2_normalize: bool = True) -> Pairs:
+    """Normalise rows, gather them from all ranks and compute local-vs-global cosine similarities
+    (plain dot products with `l2_normalize` off, the paper's table 5 ablation).
 
     ``z`` is [2n, d] laid out as [view 1 of n images; view 2 of the same n images], so row i's positive
     is row (i + n) mod 2n. The maths runs in at least float32, autocast or not (bf16 would lose the small
@@ -45,7 +46,8 @@ def pair_similarities(z: torch.Tensor) -> Pairs:
         raise ValueError(f"embeddings must hold two views of each image (an even, non-zero number of rows), got {rows}")
     # Autocast would run the matmul in bf16 again; the losses are cheap next to the encoder.
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        z = F.normalize(z, dim=1) if l2_normalize else z
         everyone, offset = gather_with_grad(z)
         similarity = z @ everyone.T
     local = torch.arange(rows, device=z.device)
