@@ -132,6 +132,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--report", help="the Markdown report to write; its PNGs go to the folder of its name beside it "
                         "(default: OUT/ablations.md)")
     ablate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    ablate.add_argument("--report-only", action="store_true", help="run nothing: write the report from the results in OUT")
     return parser
 
 
@@ -211,7 +212,8 @@ def _ablate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     report = Path(args.report) if args.report else out / "ablations.md"
     command = "torchclr " + shlex.join(args.argv)
-    written = ablate(studies, budget, parse_seeds(args.seeds, budget), args.data, out, report, args.device, command)
+    written = ablate(studies, budget, parse_seeds(args.seeds, budget), args.data, out, report, args.device, command,
+                     run=not args.report_only)
     print(f"wrote {written}")
 
 

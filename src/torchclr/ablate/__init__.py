@@ -24,13 +24,13 @@ def results_file(out: Path, study: str, budget: Budget) -> Path:
 
 
 def ablate(studies: list[str], budget: Budget, seeds: tuple[int, ...], data: str, out: Path, report: Path,
-           device: str = "auto", command: str = "", say: Callable[[str], Any] = print) -> Path:
-    """Run every unfinished cell of `studies` at `budget`, then write `report` (Markdown) with its PNGs in the
-    folder named after it, covering every study and budget with results in `out`."""
+           device: str = "auto", command: str = "", say: Callable[[str], Any] = print, run: bool = True) -> Path:
+    """Run every unfinished cell of `studies` at `budget` (`run` off: none), then write `report` (Markdown) with its
+    PNGs in the folder named after it, covering every study and budget with results in `out`."""
     budget = Budget(**{**budget.__dict__, "seeds": seeds})
     load_before = _load()
-    subset = prepare_subset(data, out, budget)
-    for name in studies:
+    subset = prepare_subset(data, out, budget) if run else out
+    for name in studies if run else []:
         study = STUDIES[name]
         say(f"study {name} ({study.paper}), budget {budget.name}")
         run_cells(study.cells(budget), seeds, budget, subset, results_file(out, name, budget), device, say)

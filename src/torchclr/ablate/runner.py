@@ -40,7 +40,7 @@ class Budget:
 
 
 BUDGETS = {
-    "quick": Budget("quick", train_images=500, test_images=500, epochs=2, batch_size=100, seeds=(0,),
+    "quick": Budget("quick", train_images=500, test_images=500, epochs=2, batch_size=100, seeds=(0,), image_size=16,
                     head_dims=(32, 2048), batch_sizes=(25, 100, 250), epoch_grid=(1, 3),
                     about="a first look in minutes per study on 2 CPU cores (a few hundred steps in all): one seed, so "
                           "read gaps of a few points as noise"),
