@@ -83,8 +83,10 @@ def test_report_has_every_study_its_figures_and_verdicts(tmp_path: Path, tiny_fo
     assert "stronger colour distortion helps (s = 1 over s = 1/8): **reproduces**" in text  # 40 points apart
     assert "h beats z (non-linear head, 8-d): **reproduces**" in text  # 30 points, beyond the binomial error on 8 images
     assert "59.6" in text and "63.9" in text  # the paper's numbers stand beside ours
+    random = json.loads((tmp_path / "out" / "random-quick.json").read_text())["knn_top1_h"]
+    assert 0 <= random <= 100 and f"with random weights scores {random:.1f}" in text
     report.unlink()
-    ablate(["loss"], TINY, (0,), "elsewhere", tmp_path / "out", report, "cpu", say=lambda _: None, run=False)
+    ablate(["loss"], TINY, (0,), str(tiny_folder), tmp_path / "out", report, "cpu", say=lambda _: None, run=False)
     assert len(calls) == len({(n, s) for n, s in calls}) and report.read_text().count("## ") == len(STUDIES)
 
 

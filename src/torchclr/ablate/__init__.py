@@ -7,16 +7,20 @@ results go to OUT/STUDY-BUDGET.jsonl one line per finished cell, so a rerun cont
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from torchclr.ablate import augment_pairs, batch_epochs, color_strength, head, loss
-from torchclr.ablate.runner import BUDGETS, Budget, Figures, Study, machine, prepare_subset, read_results, run_cells
+from torchclr.ablate.runner import (BUDGETS, Budget, Figures, Study, machine, prepare_subset, random_baseline, read_results,
+                                   run_cells)
 
-STUDIES: dict[str, Study] = {s.name: s for s in (augment_pairs.STUDY, color_strength.STUDY, head.STUDY, loss.STUDY,
-                                                 batch_epochs.STUDY)}
+# `all` runs them in this order: the long augment-pairs grid last.
+STUDIES: dict[str, Study] = {s.name: s for s in (color_strength.STUDY, head.STUDY, loss.STUDY, batch_epochs.STUDY,
+                                                 augment_pairs.STUDY)}
 
 
 def results_file(out: Path, study: str, budget: Budget) -> Path:
@@ -27,9 +31,10 @@ def ablate(studies: list[str], budget: Budget, seeds: tuple[int, ...], data: str
            device: str = "auto", command: str = "", say: Callable[[str], Any] = print, run: bool = True) -> Path:
     """Run every unfinished cell of `studies` at `budget` (`run` off: none), then write `report` (Markdown) with its
     PNGs in the folder named after it, covering every study and budget with results in `out`."""
-    budget = Budget(**{**budget.__dict__, "seeds": seeds})
+    budget = dataclasses.replace(budget, seeds=seeds)
     load_before = _load()
-    subset = prepare_subset(data, out, budget) if run else out
+    subset = prepare_subset(data, out, budget)
+    random_baseline(subset, budget, out, device)
     for name in studies if run else []:
         study = STUDIES[name]
         say(f"study {name} ({study.paper}), budget {budget.name}")
@@ -60,8 +65,11 @@ def write_report(out: Path, report: Path, data: str, command: str, load: str, ru
             if not results:
                 continue
             minutes = sum(r["seconds"] for r in results) / 60
+            baseline = out / f"random-{budget.name}.json"
+            random = f" The same network with random weights scores {json.loads(baseline.read_text())['knn_top1_h']:.1f}." \
+                if baseline.exists() else ""
             parts += [f"## {name} ({study.paper}), budget `{budget.name}`",
-                      f"Scale: {budget.describe()}. {len(results)} runs, {minutes:.0f} min of wall time.",
+                      f"Scale: {budget.describe()}. {len(results)} runs, {minutes:.0f} min of wall time.{random}",
                       study.section(results, budget, figures)]
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n\n".join(parts) + "\n")

@@ -189,21 +189,45 @@ def run_cell(cell: Cell, seed: int, budget: Budget, subset: Path, work: Path, de
     return result
 
 
-def evaluate_cell(encoder_file: Path, subset: Path, device_name: str, evaluate_z: bool) -> dict[str, float]:
-    """Weighted kNN top-1 (k = 200, T = 0.1, the monitor's) on the frozen h, and on z = g(h) when asked."""
+def evaluate_cell(encoder_file: Path, subset: Path, device: str, evaluate_z: bool) -> dict[str, float]:
+    """Weighted kNN top-1 on the frozen h of a trained encoder, and on z = g(h) when asked."""
     from torch import nn
 
+    from torchclr.pretrained import load_encoder, load_head
+
+    encoder, _, info = load_encoder(encoder_file)
+    networks: dict[str, nn.Module] = {"knn_top1_h": encoder}
+    if evaluate_z:
+        networks["knn_top1_z"] = nn.Sequential(encoder, load_head(encoder_file, encoder))
+    return knn_scores(networks, subset, info["config"].image_size, device)
+
+
+def random_baseline(subset: Path, budget: Budget, out: Path, device: str) -> float:
+    """kNN top-1 of the same network with random weights (seed 0): what a cell must beat to have learnt anything.
+    Kept in OUT/random-BUDGET.json."""
+    path = out / f"random-{budget.name}.json"
+    if path.exists():
+        return float(json.loads(path.read_text())["knn_top1_h"])
+    import torch
+
+    from torchclr.models import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder(BASE_SETTINGS["arch"], budget.image_size, budget.cifar_stem)
+    score = knn_scores({"knn_top1_h": encoder}, subset, budget.image_size, device)["knn_top1_h"]
+    path.write_text(json.dumps({"knn_top1_h": score}))
+    return score
+
+
+def knn_scores(networks: dict[str, Any], subset: Path, image_size: int, device_name: str) -> dict[str, float]:
+    """{name: weighted kNN top-1 (k = 200, T = 0.1, the monitor's)} of each network's output on the subset's test
+    split against its train split, at the evaluation centre view."""
     from torchclr.evaluate.knn import accuracy, knn_predict
     from torchclr.evaluate.monitor import LabelledEval
-    from torchclr.pretrained import load_encoder, load_head
     from torchclr.train import resolve_device
 
     device = resolve_device(device_name)
-    encoder, _, info = load_encoder(encoder_file)
-    labelled = LabelledEval.open(str(subset), info["config"].image_size)
-    networks = {"knn_top1_h": encoder}
-    if evaluate_z:
-        networks["knn_top1_z"] = nn.Sequential(encoder, load_head(encoder_file, encoder))
+    labelled = LabelledEval.open(str(subset), image_size)
     scores = {}
     for key, network in networks.items():
         train, test = labelled.features(network.to(device), device)
