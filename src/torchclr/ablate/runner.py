@@ -176,6 +176,7 @@ def run_cell(cell: Cell, seed: int, budget: Budget, subset: Path, work: Path, de
                 **cell.settings, "seed": seed, "device": device, "out_dir": str(work)}
     config = PretrainConfig(**settings)
     config.validate()
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted cell left behind
     start = time.perf_counter()
     result: dict[str, Any] = {"cell": cell.name, "seed": seed, "settings": cell.settings}
     try:
