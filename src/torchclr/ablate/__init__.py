@@ -39,7 +39,8 @@ def ablate(studies: list[str], budget: Budget, seeds: tuple[int, ...], data: str
         study = STUDIES[name]
         say(f"study {name} ({study.paper}), budget {budget.name}")
         run_cells(study.cells(budget), seeds, budget, subset, results_file(out, name, budget), device, say)
-    return write_report(out, report, data, command, f"{load_before} at the start, {_load()} at the end", budget)
+    return write_report(out, report, data, command + ("" if run else " (the report of earlier runs' results)"),
+                        f"{load_before} at the start, {_load()} at the end", budget)
 
 
 def write_report(out: Path, report: Path, data: str, command: str, load: str, run_budget: Budget) -> Path:
@@ -68,8 +69,10 @@ def write_report(out: Path, report: Path, data: str, command: str, load: str, ru
             baseline = out / f"random-{budget.name}.json"
             random = f" The same network with random weights scores {json.loads(baseline.read_text())['knn_top1_h']:.1f}." \
                 if baseline.exists() else ""
+            planned = sum(len(budget.seeds) if cell.headline else 1 for cell in study.cells(budget))
             parts += [f"## {name} ({study.paper}), budget `{budget.name}`",
-                      f"Scale: {budget.describe()}. {len(results)} runs, {minutes:.0f} min of wall time.{random}",
+                      f"Scale: {budget.describe()}. {len(results)} of {planned} runs done, {minutes:.0f} min of wall "
+                      f"time.{random}",
                       study.section(results, budget, figures)]
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n\n".join(parts) + "\n")
