@@ -19,8 +19,9 @@ OPS: dict[str, dict[str, Any]] = {
     "sobel": {"sobel_p": 1.0}, "noise": {"noise_p": 1.0}, "rotate": {"rotate_p": 1.0},
 }
 BASE = {"one_branch": True, "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
-PAPER_NOTE = ("Figure 5 (ResNet-50, ImageNet, linear top-1, one branch transformed): single transformations learn "
-              "little, and crop followed by colour distortion is by far the best cell (≈56, read off the figure)")
+PAPER_NOTE = ("Figure 5 (ResNet-50, ImageNet, linear top-1, one branch transformed): no single transformation "
+              "suffices to learn good representations, and crop composed with colour distortion is by far the best "
+              "cell of the grid")
 HEADLINE = ("crop", "crop+colour", "crop+blur")
 
 
