@@ -39,6 +39,20 @@ def test_a_cell_pretrains_and_scores_h_and_z(tmp_path: Path, tiny_folder: Path) 
     assert not (tmp_path / "work").exists()  # checkpoints of a finished cell are removed
 
 
+def test_a_diverged_cell_is_a_result(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchclr.train
+    from torchclr.guard import DivergedError
+
+    def diverge(config: Any) -> None:
+        Path(config.out_dir).mkdir(parents=True)
+        raise DivergedError("loss became nan by step 2")
+
+    monkeypatch.setattr(torchclr.train, "pretrain", diverge)
+    result = run_cell(Cell("no l2", {"l2_normalize": False}), 1, TINY, tmp_path, tmp_path / "work", "cpu")
+    assert result["diverged"] == "loss became nan by step 2" and "knn_top1_h" not in result
+    assert not (tmp_path / "work").exists()
+
+
 def fake_cell(calls: list[tuple[str, int]]) -> Any:
     """Stands in for the pretraining: records the call, scores 40 x colour strength + seed (s = 1 the best)."""
     def run(cell: Cell, seed: int, budget: Budget, subset: Path, work: Path, device: str) -> dict[str, Any]:
