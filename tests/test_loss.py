@@ -156,8 +156,13 @@ def test_semi_hard_gradcheck_float64(loss: torch.nn.Module) -> None:
 
 
 def test_semi_hard_refused_for_nt_xent() -> None:
+    from torchclr.config import PretrainConfig
+
     with pytest.raises(UserError, match="nt_xent"):
         build_loss("nt_xent", 0.1, 0.5, semi_hard=True)
+    with pytest.raises(UserError, match="--semi-hard applies to --loss nt_logistic and margin_triplet"):
+        PretrainConfig(semi_hard=True).validate()
+    PretrainConfig(semi_hard=True, loss="margin_triplet").validate()
 
 
 def test_perfect_alignment_gives_low_nt_xent() -> None:
