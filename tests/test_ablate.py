@@ -100,7 +100,9 @@ def test_report_has_every_study_its_figures_and_verdicts(tmp_path: Path, tiny_fo
     random = json.loads((tmp_path / "out" / "random-quick.json").read_text())["knn_top1_h"]
     assert 0 <= random <= 100 and f"with random weights scores {random:.1f}" in text
     report.unlink()
-    ablate(["loss"], TINY, (0,), str(tiny_folder), tmp_path / "out", report, "cpu", say=lambda _: None, run=False)
+    ablate(["loss"], TINY, (0,), str(tiny_folder), tmp_path / "out", report, "cpu", say=lambda _: None, run=False,
+           command="torchclr ablate loss --report-only")
+    assert "Results from: `torchclr ablate all --budget quick`" in report.read_text()
     assert len(calls) == len({(n, s) for n, s in calls}) and report.read_text().count("## ") == len(STUDIES)
 
 

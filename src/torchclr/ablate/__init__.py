@@ -35,20 +35,25 @@ def ablate(studies: list[str], budget: Budget, seeds: tuple[int, ...], data: str
     load_before = _load()
     subset = prepare_subset(data, out, budget)
     random_baseline(subset, budget, out, device)
+    if run and command:
+        with (out / "commands.txt").open("a") as handle:  # the report names the commands that made its results
+            handle.write(command + "\n")
     for name in studies if run else []:
         study = STUDIES[name]
         say(f"study {name} ({study.paper}), budget {budget.name}")
         run_cells(study.cells(budget), seeds, budget, subset, results_file(out, name, budget), device, say)
-    return write_report(out, report, data, command + ("" if run else " (the report of earlier runs' results)"),
-                        f"{load_before} at the start, {_load()} at the end", budget)
+    return write_report(out, report, data, command, f"{load_before} at the start, {_load()} at the end", budget)
 
 
 def write_report(out: Path, report: Path, data: str, command: str, load: str, run_budget: Budget) -> Path:
     figures = Figures(report.parent / report.stem, f"{report.stem}/")
     figures.folder.mkdir(parents=True, exist_ok=True)
+    log = out / "commands.txt"
+    runs = sorted(set(log.read_text().splitlines())) if log.exists() else []
     parts = [
         "# SimCLR's findings re-checked at small scale (`torchclr ablate`)",
-        f"Command: `{command}`  \nMachine: {machine()}  \nData: {data}  \nWritten: "
+        f"Command: `{command}`  \n" + "".join(f"Results from: `{line}`  \n" for line in runs if line != command) +
+        f"Machine: {machine()}  \nData: {data}  \nWritten: "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average (1 min) {load}. The cells ran niced on "
         "a machine shared with other jobs: the wall times below are no speed figures.",
         "Every cell is a short `torchclr.pretrain` run on a class-balanced, seeded subset of the data's training "
