@@ -99,6 +99,8 @@ def test_report_has_every_study_its_figures_and_verdicts(tmp_path: Path, tiny_fo
     assert "59.6" in text and "63.9" in text  # the paper's numbers stand beside ours
     random = json.loads((tmp_path / "out" / "random-quick.json").read_text())["knn_top1_h"]
     assert 0 <= random <= 100 and f"with random weights scores {random:.1f}" in text
+    # random weights separate the fixture's two easy classes perfectly: no fake score (at most 41) beats them
+    assert random == 100.0 and "No cell beats random weights clearly (best 41.0)" in text
     report.unlink()
     ablate(["loss"], TINY, (0,), str(tiny_folder), tmp_path / "out", report, "cpu", say=lambda _: None, run=False,
            command="torchclr ablate loss --report-only")

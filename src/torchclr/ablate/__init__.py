@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from torchclr.ablate import augment_pairs, batch_epochs, color_strength, head, loss
+from torchclr.ablate.report import Summary, summarise, verdict
 from torchclr.ablate.runner import (BUDGETS, Budget, Figures, Study, machine, prepare_subset, random_baseline, read_results,
                                    run_cells)
 
@@ -46,6 +47,7 @@ def ablate(studies: list[str], budget: Budget, seeds: tuple[int, ...], data: str
 
 
 def write_report(out: Path, report: Path, data: str, command: str, load: str, run_budget: Budget) -> Path:
+    """The Markdown report of every study and budget with results in `out`; studies without any are listed as such."""
     figures = Figures(report.parent / report.stem, f"{report.stem}/")
     figures.folder.mkdir(parents=True, exist_ok=True)
     log = out / "commands.txt"
@@ -64,24 +66,43 @@ def write_report(out: Path, report: Path, data: str, command: str, load: str, ru
         "error of an accuracy on the test images), **the opposite** when it does so the other way, and **not resolved** "
         "otherwise.",
     ]
+    missing = []
     for name, study in STUDIES.items():
+        found = False
         for budget in BUDGETS.values():
             budget = run_budget if budget.name == run_budget.name else budget
             results = read_results(results_file(out, name, budget))
             if not results:
                 continue
+            found = True
             minutes = sum(r["seconds"] for r in results) / 60
             baseline = out / f"random-{budget.name}.json"
-            random = f" The same network with random weights scores {json.loads(baseline.read_text())['knn_top1_h']:.1f}." \
+            random = _against_random(json.loads(baseline.read_text())["knn_top1_h"], results, budget) \
                 if baseline.exists() else ""
             planned = sum(len(budget.seeds) if cell.headline else 1 for cell in study.cells(budget))
             parts += [f"## {name} ({study.paper}), budget `{budget.name}`",
                       f"Scale: {budget.describe()}. {len(results)} of {planned} runs done, {minutes:.0f} min of wall "
                       f"time.{random}",
                       study.section(results, budget, figures)]
+        if not found:
+            missing.append(f"`{name}` ({study.paper})")
+    if missing:
+        parts.append(f"## Not run yet\n\nNo results in {out} for {', '.join(missing)}: `torchclr ablate STUDY` runs them.")
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n\n".join(parts) + "\n")
     return report
+
+
+def _against_random(random: float, results: list[dict[str, Any]], budget: Budget) -> str:
+    """The random-weights baseline, and a warning when no cell beats it clearly: then no verdict below can speak
+    for or against the paper."""
+    line = f" The same network with random weights scores {random:.1f}."
+    summaries = summarise(results, "knn_top1_h", budget.test_images).values()
+    best = max(summaries, key=lambda summary: summary.mean, default=None)
+    if best is None or verdict(best, Summary(random, 0.0, 1, best.se), "").startswith(": **reproduces**"):
+        return line
+    return line + (f" **No cell beats random weights clearly (best {best.mean:.1f}): at this budget the pretraining has "
+                   "not learnt enough for the verdicts below to speak for or against the paper.**")
 
 
 def _load() -> str:
