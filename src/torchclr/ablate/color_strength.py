@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchclr.ablate.report import bars, summarise, table, verdict
+from torchclr.ablate.report import bars, diverged, summarise, table, verdict
 from torchclr.ablate.runner import Budget, Cell, Figures, Study
 
 STRENGTHS = (0.125, 0.25, 0.5, 1.0)
@@ -20,7 +20,9 @@ def cells(budget: Budget) -> list[Cell]:
 
 def section(results: list[dict[str, Any]], budget: Budget, figures: Figures) -> str:
     stats = summarise(results, "knn_top1_h", budget.test_images)
-    rows = [(label, stats[label].shown() if label in stats else "-", paper) for label, paper in zip(LABELS, PAPER)]
+    failed = diverged(results)
+    rows = [(label, stats[label].shown() if label in stats else ("diverged" if label in failed else "-"), paper)
+            for label, paper in zip(LABELS, PAPER)]
     path, link = figures.png("color-strength", budget, "bars")
     bars(LABELS, [stats.get(label) for label in LABELS], "colour distortion strength s", path, PAPER)
     return "\n\n".join([
