@@ -15,7 +15,7 @@ from torchclr.loss import build_loss
 
 WORLD = 2
 IMAGES_PER_RANK = 3
-LOSS_NAMES = ("nt_xent", "nt_logistic", "margin_triplet")
+LOSS_NAMES = ("nt_xent", "nt_logistic", "margin_triplet", "nt_logistic+semi_hard", "margin_triplet+semi_hard")
 TIMEOUT_S = 60
 
 
@@ -32,7 +32,9 @@ def local_rows(rank: int) -> torch.Tensor:
 
 
 def make_loss(name: str) -> torch.nn.Module:
-    return build_loss(name, temperature=0.2, margin=0.5)
+    """`name`, or `name+semi_hard` for its semi-hard variant (mined over the negatives of both ranks)."""
+    loss, _, option = name.partition("+")
+    return build_loss(loss, temperature=0.2, margin=0.5, semi_hard=option == "semi_hard")
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:

@@ -35,9 +35,14 @@ def partner(i: int) -> int:
     return i + 1 if i % 2 == 0 else i - 1
 
 
-def reference_nt_xent(z: torch.Tensor, tau: float) -> float:
+def dot_matrix(rows: list[list[float]]) -> list[list[float]]:
+    """s_ij = u_i . u_j: the similarity without l2 normalisation (the paper's table 5)."""
+    return [[sum(a * b for a, b in zip(u, v)) for v in rows] for u in rows]
+
+
+def reference_nt_xent(z: torch.Tensor, tau: float, similarity=cosine_matrix) -> float:
     """Algorithm 1 of the paper, term by term."""
-    s = cosine_matrix(paper_order(z))
+    s = similarity(paper_order(z))
     size = len(s)
 
     def ell(i: int, j: int) -> float:
@@ -47,14 +52,16 @@ def reference_nt_xent(z: torch.Tensor, tau: float) -> float:
     return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(size // 2)) / size
 
 
-def reference_mean_over_negatives(z: torch.Tensor, per_pair, per_anchor) -> float:
-    """Mean over anchors i of per_anchor(s_ij) + mean over negatives k of per_pair(s_ik, s_ij) (0 with no negatives)."""
+def reference_mean_over_negatives(z: torch.Tensor, per_pair, per_anchor, semi_hard: bool = False) -> float:
+    """Mean over anchors i of per_anchor(s_ij) + mean over negatives k of per_pair(s_ik, s_ij) (0 with no negatives);
+    `semi_hard`: only the negatives with s_ik < s_ij count (Schroff et al. 2015, the paper's table 4)."""
     s = cosine_matrix(paper_order(z))
     size = len(s)
     total = 0.0
     for i in range(size):
         j = partner(i)
-        negatives = [per_pair(s[i][k], s[i][j]) for k in range(size) if k not in (i, j)]
+        negatives = [per_pair(s[i][k], s[i][j]) for k in range(size)
+                     if k not in (i, j) and (not semi_hard or s[i][k] < s[i][j])]
         total += per_anchor(s[i][j]) + (sum(negatives) / len(negatives) if negatives else 0.0)
     return total / size
 
@@ -63,15 +70,16 @@ def log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x))
 
 
-def reference_nt_logistic(z: torch.Tensor, tau: float) -> float:
+def reference_nt_logistic(z: torch.Tensor, tau: float, semi_hard: bool = False) -> float:
     return reference_mean_over_negatives(
-        z, per_pair=lambda s_neg, _: -log_sigmoid(-s_neg / tau), per_anchor=lambda s_pos: -log_sigmoid(s_pos / tau)
+        z, per_pair=lambda s_neg, _: -log_sigmoid(-s_neg / tau), per_anchor=lambda s_pos: -log_sigmoid(s_pos / tau),
+        semi_hard=semi_hard,
     )
 
 
-def reference_margin_triplet(z: torch.Tensor, margin: float) -> float:
+def reference_margin_triplet(z: torch.Tensor, margin: float, semi_hard: bool = False) -> float:
     return reference_mean_over_negatives(
-        z, per_pair=lambda s_neg, s_pos: max(s_neg - s_pos + margin, 0.0), per_anchor=lambda _: 0.0
+        z, per_pair=lambda s_neg, s_pos: max(s_neg - s_pos + margin, 0.0), per_anchor=lambda _: 0.0, semi_hard=semi_hard
     )
 
 
@@ -98,6 +106,63 @@ def test_nt_logistic_matches_loop(n: int, tau: float) -> None:
 def test_margin_triplet_matches_loop(n: int, margin: float) -> None:
     z = embeddings(n, seed=n)
     assert MarginTripletLoss(margin)(z).item() == pytest.approx(reference_margin_triplet(z, margin), abs=1e-5)
+
+
+@pytest.mark.parametrize("tau", (0.5, 1.0))
+def test_nt_xent_without_l2_normalisation_uses_dot_products(tau: float) -> None:
+    z = embeddings(4, dim=8, seed=5) / 3
+    expected = reference_nt_xent(z, tau, similarity=dot_matrix)
+    assert build_loss("nt_xent", tau, 0.5, l2_normalize=False)(z).item() == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(reference_nt_xent(z, tau), rel=1e-3)
+
+
+def semi_hard_embeddings(n: int, seed: int) -> torch.Tensor:
+    """Views 2 loosely tied to views 1 (cosine ~0.3), so that some negatives are harder than the positive, most easier."""
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randn(n, 16, generator=generator)
+    return torch.cat([first, first + 3.0 * torch.randn(n, 16, generator=generator)])
+
+
+@pytest.mark.parametrize("n", IMAGE_COUNTS + (16,))
+@pytest.mark.parametrize("tau", TEMPERATURES)
+def test_semi_hard_nt_logistic_matches_loop(n: int, tau: float) -> None:
+    z = semi_hard_embeddings(n, seed=n)
+    expected = reference_nt_logistic(z, tau, semi_hard=True)
+    assert NTLogisticLoss(tau, semi_hard=True)(z).item() == pytest.approx(expected, abs=1e-5, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", IMAGE_COUNTS + (16,))
+@pytest.mark.parametrize("margin", (0.0, 0.5, 1.0))
+def test_semi_hard_margin_triplet_matches_loop(n: int, margin: float) -> None:
+    z = semi_hard_embeddings(n, seed=n)
+    expected = reference_margin_triplet(z, margin, semi_hard=True)
+    assert MarginTripletLoss(margin, semi_hard=True)(z).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_semi_hard_selects_a_proper_subset() -> None:
+    """The fixture holds both kinds of negatives, so semi-hard mining changes the loss (else the tests above are moot)."""
+    z = semi_hard_embeddings(16, seed=16)
+    s = torch.nn.functional.normalize(z, dim=1) @ torch.nn.functional.normalize(z, dim=1).T
+    positive = s.diagonal(16).repeat(2)
+    easier = (s < positive[:, None]).sum().item()  # neither self (s = 1) nor the positive itself counts
+    assert 0.5 * 32 * 30 < easier < 32 * 30
+    assert NTLogisticLoss(0.5, semi_hard=True)(z).item() != pytest.approx(NTLogisticLoss(0.5)(z).item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("loss", [NTLogisticLoss(0.5, semi_hard=True), MarginTripletLoss(0.5, semi_hard=True)], ids=repr)
+def test_semi_hard_gradcheck_float64(loss: torch.nn.Module) -> None:
+    z = semi_hard_embeddings(4, seed=3).double().requires_grad_()
+    assert torch.autograd.gradcheck(loss, (z,))
+
+
+def test_semi_hard_refused_for_nt_xent() -> None:
+    from torchclr.config import PretrainConfig
+
+    with pytest.raises(UserError, match="nt_xent"):
+        build_loss("nt_xent", 0.1, 0.5, semi_hard=True)
+    with pytest.raises(UserError, match="--semi-hard applies to --loss nt_logistic and margin_triplet"):
+        PretrainConfig(semi_hard=True).validate()
+    PretrainConfig(semi_hard=True, loss="margin_triplet").validate()
 
 
 def test_perfect_alignment_gives_low_nt_xent() -> None:

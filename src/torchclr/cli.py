@@ -1,10 +1,11 @@
-"""The `torchclr` command: `pretrain`, `evaluate`, `embed`, `neighbors`, `export`, `report`. Bad input ends in one line
+"""The `torchclr` command: `pretrain`, `evaluate`, `embed`, `neighbors`, `export`, `report`, `ablate`. Bad input ends in one line
 naming the culprit."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import NoReturn, Sequence
 
@@ -110,6 +111,28 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="the --out-dir of a torchclr pretrain run")
     report.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     report.add_argument("--max-points", type=int, default=2000, help="images on the 2-D map (default: 2000)")
+
+    from torchclr.ablate import BUDGETS, STUDIES
+
+    ablate = commands.add_parser(
+        "ablate", help="re-check the paper's studies at small scale (augmentation pairs, colour strength, head, loss, batch x epochs)",
+        description="Run a study of the SimCLR paper as short seeded pretrainings on a subset of labelled data, scored "
+        "by kNN top-1, and write a Markdown report with plots beside the paper's numbers. Finished cells are kept in "
+        "OUT/STUDY-BUDGET.jsonl and skipped when run again. See docs/ablations.md.",
+    )
+    ablate.add_argument("study", choices=(*STUDIES, "all"), help="the study, or all of them")
+    ablate.add_argument("--budget", choices=tuple(BUDGETS), default="default",
+                        help="quick: a first look, about a minute per cell on 2 CPU cores; default: each study within about an "
+                        "hour on 2 CPU cores; gpu: all of CIFAR-10 with the CIFAR stem, hours per study on a GPU (default: default)")
+    ablate.add_argument("--seeds", help="comma-separated seeds (default: the budget's; every seed runs the headline cells, "
+                        "the first alone the rest of a grid)")
+    ablate.add_argument("--data", default="sample", help="labelled data with train/test splits: a folder or zip "
+                        "(e.g. cifar10-jpeg.zip), cifar10:DIR, or 'sample' for a quick look (default: sample)")
+    ablate.add_argument("--out", default="runs/ablate", help="folder for the subset and the results (default: runs/ablate)")
+    ablate.add_argument("--report", help="the Markdown report to write; its PNGs go to the folder of its name beside it "
+                        "(default: OUT/ablations.md)")
+    ablate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    ablate.add_argument("--report-only", action="store_true", help="run nothing: write the report from the results in OUT")
     return parser
 
 
@@ -178,11 +201,28 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {build_report(args.run_dir, args.device, args.max_points)}")
 
 
+def _ablate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from torchclr.ablate import BUDGETS, STUDIES, ablate
+    from torchclr.ablate.runner import parse_seeds
+
+    budget = BUDGETS[args.budget]
+    studies = list(STUDIES) if args.study == "all" else [args.study]
+    out = Path(args.out)
+    report = Path(args.report) if args.report else out / "ablations.md"
+    command = "torchclr " + shlex.join(args.argv)
+    written = ablate(studies, budget, parse_seeds(args.seeds, budget), args.data, out, report, args.device, command,
+                     run=not args.report_only)
+    print(f"wrote {written}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the report of `ablate` names the command that made it
     try:
         {"pretrain": _pretrain, "evaluate": _evaluate, "embed": _embed, "neighbors": _neighbors, "export": _export,
-         "report": _report}[args.command](args)
+         "report": _report, "ablate": _ablate}[args.command](args)
     except UserError as err:
         print(f"torchclr: error: {err}", file=sys.stderr)
         return 2

@@ -70,6 +70,11 @@ class PretrainConfig:
     blur_p: float | None = _opt(None, "probability of Gaussian blur; default: 0.5 for images of 64 px or more, else 0")
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
     solarize_p: float = _opt(0.0, "probability of solarization")
+    cutout_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of cutout, one zeroed square")
+    sobel_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of replacing a view by its Sobel edges")
+    noise_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of additive Gaussian noise")
+    rotate_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of a rotation by 90, 180 or 270 degrees")
+    one_branch: bool = _opt(False, "ablation only (figure 5, batched views): distort the first view only, the second is the crop alone")
     # model
     arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
                      "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
@@ -81,6 +86,9 @@ class PretrainConfig:
     loss: str = _opt("nt_xent", "contrastive loss", ("nt_xent", "nt_logistic", "margin_triplet"))
     temperature: float = _opt(0.5, "temperature tau of the loss")
     margin: float = _opt(1.0, "margin of the margin_triplet loss")
+    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
+                           "anchor than its positive (semi-hard mining, the paper's table 4)")
+    l2_normalize: bool = _opt(True, "compare z by cosine similarity (off: by dot product, the paper's table 5 ablation)")
     # optimisation
     optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
     lr: float = _opt(1.0, "base learning rate, scaled by --lr-scaling from the global batch size")
@@ -123,7 +131,8 @@ class PretrainConfig:
         return AugmentSpec(
             image_size=self.image_size, crop=self.crop, crop_scale=tuple(self.crop_scale), crop_ratio=tuple(self.crop_ratio),
             flip_p=self.flip_p, jitter_strength=self.jitter_strength, jitter_p=self.jitter_p, grayscale_p=self.grayscale_p,
-            blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p,
+            blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p, cutout_p=self.cutout_p,
+            sobel_p=self.sobel_p, noise_p=self.noise_p, rotate_p=self.rotate_p, one_branch=self.one_branch,
         )
 
     def validate(self, named: dict[str, str] | None = None) -> None:
@@ -142,6 +151,8 @@ class PretrainConfig:
                 raise UserError(f"{option(name)} must be > 0, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise UserError(f"{option('batch_size')} must be at least 2 (a contrastive loss needs other images as negatives), got {self.batch_size}")
+        if self.semi_hard and self.loss == "nt_xent":
+            raise UserError(f"{option('semi_hard')} applies to --loss nt_logistic and margin_triplet, not nt_xent")
         if self.stored_size is not None and self.image_size is not None and self.stored_size < self.image_size:
             raise UserError(f"{option('stored_size')} {self.stored_size} is smaller than --image-size {self.image_size}: "
                             "crops would be blown up from a smaller picture")
@@ -156,6 +167,8 @@ class PretrainConfig:
             dataclasses.replace(self, image_size=self.image_size or AugmentSpec.image_size).augment_spec()
         except UserError as err:  # the spec names its own fields (augment.crop_scale); users typed --crop-scale
             raise UserError(re.sub(r"augment\.(\w+)", lambda m: option(m.group(1)), str(err))) from None
+        if self.augment_mode == "per-image" and any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p, self.one_branch)):
+            raise UserError("--cutout-p, --sobel-p, --noise-p, --rotate-p and --one-branch need --augment-mode batched")
         self.grad_cache_request()
 
     def grad_cache_request(self) -> int | str:

@@ -322,8 +322,8 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     total_steps = batches.steps_per_epoch * config.epochs
     scheduler = warmup_cosine_scheduler(optimizer, total_steps, round(config.warmup_epochs * batches.steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    ctx = StepContext(forward_model, build_loss(config.loss, config.temperature, config.margin), optimizer, scheduler,
-                      scaler, device, dtype, config.channels_last)
+    loss_fn = build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize)
+    ctx = StepContext(forward_model, loss_fn, optimizer, scheduler, scaler, device, dtype, config.channels_last)
     plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
                                    config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0)
     ctx.grad_cache_chunk = plan.chunk

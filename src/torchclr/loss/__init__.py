@@ -12,14 +12,19 @@ from torchclr.loss.ntxent import NTXentLoss
 LOSS_NAMES = ("nt_xent", "nt_logistic", "margin_triplet")
 
 
-def build_loss(name: str, temperature: float, margin: float) -> nn.Module:
-    """Pick a loss by its config name; each loss only reads (and checks) the setting it uses."""
+def build_loss(name: str, temperature: float, margin: float, semi_hard: bool = False, l2_normalize: bool = True) -> nn.Module:
+    """Pick a loss by its config name; each loss only reads (and checks) the settings it uses.
+
+    `semi_hard` applies to NT-Logistic and the margin loss (NT-Xent weighs every negative by its softmax already);
+    `l2_normalize` off compares z by dot product instead of cosine similarity (the paper's table 5)."""
+    if semi_hard and name == "nt_xent":
+        raise UserError("semi-hard negatives apply to the nt_logistic and margin_triplet losses, not nt_xent")
     if name == "nt_xent":
-        return NTXentLoss(temperature)
+        return NTXentLoss(temperature, l2_normalize)
     if name == "nt_logistic":
-        return NTLogisticLoss(temperature)
+        return NTLogisticLoss(temperature, semi_hard, l2_normalize)
     if name == "margin_triplet":
-        return MarginTripletLoss(margin)
+        return MarginTripletLoss(margin, semi_hard, l2_normalize)
     raise UserError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {name!r}")
 
 

@@ -16,13 +16,14 @@ class NTXentLoss(nn.Module):
     so every other view of every rank is a negative.
     """
 
-    def __init__(self, temperature: float) -> None:
+    def __init__(self, temperature: float, l2_normalize: bool = True) -> None:
         super().__init__()
+        self.l2_normalize = l2_normalize
         self.temperature = check_temperature(temperature)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Loss for z of shape [2n, d] = [view 1 rows; view 2 rows]."""
-        pairs = pair_similarities(z)
+        pairs = pair_similarities(z, self.l2_normalize)
         logits = pairs.similarity.div_(self.temperature)
         # A row's similarity with itself is not a candidate: -inf drops it from the softmax without a copy.
         logits.scatter_(1, pairs.self_index.unsqueeze(1), float("-inf"))

@@ -31,8 +31,9 @@ def check_temperature(temperature: float) -> float:
     return temperature
 
 
-def pair_similarities(z: torch.Tensor) -> Pairs:
-    """Normalise rows, gather them from all ranks and compute local-vs-global cosine similarities.
+def pair_similarities(z: torch.Tensor, l2_normalize: bool = True) -> Pairs:
+    """Normalise rows, gather them from all ranks and compute local-vs-global cosine similarities
+    (plain dot products with `l2_normalize` off, the paper's table 5 ablation).
 
     ``z`` is [2n, d] laid out as [view 1 of n images; view 2 of the same n images], so row i's positive
     is row (i + n) mod 2n. The maths runs in at least float32, autocast or not (bf16 would lose the small
@@ -45,7 +46,8 @@ def pair_similarities(z: torch.Tensor) -> Pairs:
         raise ValueError(f"embeddings must hold two views of each image (an even, non-zero number of rows), got {rows}")
     # Autocast would run the matmul in bf16 again; the losses are cheap next to the encoder.
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        z = F.normalize(z, dim=1) if l2_normalize else z
         everyone, offset = gather_with_grad(z)
         similarity = z @ everyone.T
     local = torch.arange(rows, device=z.device)
@@ -56,13 +58,28 @@ def pair_similarities(z: torch.Tensor) -> Pairs:
     )
 
 
-def mean_over_negatives(terms: torch.Tensor, pairs: Pairs) -> torch.Tensor:
-    """Average per-pair terms [2n, 2N] over each row's 2N - 2 negatives, i.e. all columns but itself and its positive.
+def mean_over_negatives(terms: torch.Tensor, pairs: Pairs, semi_hard: bool = False) -> torch.Tensor:
+    """Average per-pair terms [2n, 2N] over each row's negatives: all columns but itself and its positive, or with
+    `semi_hard` only those less similar to the row than its positive (s_ik < s_ij, as the paper's table 4).
 
-    Zeroes those two columns out of place: relu and friends keep their output for the backward pass. With a
-    single image in the whole batch there are no negatives and the average of nothing is taken as 0.
+    Zeroes the other columns out of place: relu and friends keep their output for the backward pass. A row with
+    no negatives (a single image in the whole batch, or no semi-hard one) averages nothing, taken as 0.
     """
     excluded = torch.stack((pairs.self_index, pairs.positive_index), dim=1)
-    terms = terms.scatter(1, excluded, 0.0)
-    negatives = max(terms.shape[1] - 2, 1)
-    return terms.sum(dim=1) / negatives
+    if not semi_hard:
+        terms = terms.scatter(1, excluded, 0.0)
+        return terms.sum(dim=1) / max(terms.shape[1] - 2, 1)
+    kept = semi_hard_negatives(pairs)
+    return torch.where(kept, terms, 0.0).sum(dim=1) / kept.sum(dim=1).clamp(min=1)
+
+
+def semi_hard_negatives(pairs: Pairs) -> torch.Tensor:
+    """Boolean [2n, 2N]: the negatives k of row i with s_ik < s_ij, i.e. easier than its positive j.
+
+    The paper (section 5.1, table 4) mines these for NT-Logistic and the margin loss, after Schroff et al. (2015):
+    harder negatives (more similar than the positive) make those losses collapse. A selection, so no gradient flows
+    through it; under several processes it covers the negatives of every rank, as the similarities do.
+    """
+    positive = pairs.similarity.gather(1, pairs.positive_index.unsqueeze(1))
+    kept = pairs.similarity.detach() < positive.detach()
+    return kept.scatter(1, pairs.self_index.unsqueeze(1), False)  # s_ii = 1 is never below s_ij, but rounding may say so

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from torchclr.transforms.ablation import CUTOUT_SIDE, NOISE_STD, cutout, gaussian_noise, rotate90, sobel
 from torchclr.transforms.spec import AugmentSpec
 
 PerImageOp = Callable[..., Tensor]
@@ -192,6 +193,10 @@ def _grayscale_rgb(images: Tensor) -> Tensor:
     return rgb_to_grayscale(images).expand_as(images)
 
 
+def _sobel_rgb(images: Tensor) -> Tensor:
+    return sobel(rgb_to_grayscale(images)).expand_as(images)
+
+
 def _apply_where(images: Tensor, chosen: Tensor, op: PerImageOp, *per_image: Tensor, masked: bool) -> Tensor:
     """op(images, *per_image) for the chosen images, the images themselves for the others.
 
@@ -251,8 +256,15 @@ class BatchAugment(nn.Module):
         return first, second
 
     def _augment(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
-        spec = self.spec
         out = self._crop(images, views, generator, sizes)
+        if self.spec.one_branch and views == 2:  # figure 5's protocol: the second view is the crop alone
+            first, second = out.chunk(2)
+            return torch.cat((self._distort(first, generator), second))
+        return self._distort(out, generator)
+
+    def _distort(self, out: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Everything after the crop, each op drawn per image, in the paper's order; then the ablation-only ops."""
+        spec = self.spec
         count = len(out)
         masked = self.sync_free if self.sync_free is not None else out.device.type == "cuda"
         apply_where = partial(_apply_where, masked=masked)
@@ -275,6 +287,18 @@ class BatchAugment(nn.Module):
         if spec.effective_blur_p > 0:
             blur = partial(gaussian_blur, kernel_size=spec.blur_kernel_size)
             out = apply_where(out, drawn(spec.effective_blur_p), blur, uniform(*spec.blur_sigma))
+        if spec.cutout_p > 0:
+            side = out.shape[-1]
+            sides, centres = uniform(*CUTOUT_SIDE).mul_(side), out.new_empty(count, 2).uniform_(0, side, generator=generator)
+            out = apply_where(out, drawn(spec.cutout_p), cutout, sides, centres)
+        if spec.sobel_p > 0:
+            out = apply_where(out, drawn(spec.sobel_p), _sobel_rgb)
+        if spec.noise_p > 0:
+            noise = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=generator)
+            out = apply_where(out, drawn(spec.noise_p), gaussian_noise, uniform(*NOISE_STD), noise)
+        if spec.rotate_p > 0:
+            turns = torch.randint(1, 4, (count,), device=out.device, generator=generator)
+            out = apply_where(out, drawn(spec.rotate_p), rotate90, turns)
         if spec.solarize_p > 0:
             out = apply_where(out, drawn(spec.solarize_p), partial(solarize, threshold=spec.solarize_threshold))
         return out

@@ -26,11 +26,17 @@ class AugmentSpec:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    # Only for the figure 5 ablation (`torchclr ablate augment-pairs`; batched views only, see transforms.ablation)
+    cutout_p: float = 0.0
+    sobel_p: float = 0.0
+    noise_p: float = 0.0
+    rotate_p: float = 0.0
+    one_branch: bool = False  # distort the first view only; the second is the crop alone
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise UserError(f"augment.image_size must be at least 8 pixels, got {self.image_size}")
-        for name in ("flip_p", "jitter_p", "grayscale_p", "solarize_p"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "solarize_p", "cutout_p", "sobel_p", "noise_p", "rotate_p"):
             _check_probability(name, getattr(self, name))
         if self.blur_p is not None:
             _check_probability("blur_p", self.blur_p)
@@ -43,6 +49,11 @@ class AugmentSpec:
             raise UserError(f"augment.jitter_strength must be >= 0, got {self.jitter_strength}")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise UserError(f"augment.blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+
+    @property
+    def ablation_only(self) -> bool:
+        """Whether an option that only the batched views implement is on."""
+        return self.one_branch or any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p))
 
     @property
     def effective_blur_p(self) -> float:

@@ -1,0 +1,128 @@
+"""`torchclr ablate`: one real cell end to end, the bookkeeping that skips finished cells, the report, the verdicts
+and the command's one-line errors, on a tiny budget (seconds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from torchclr.ablate import STUDIES, ablate, runner
+from torchclr.ablate.report import Summary, verdict
+from torchclr.ablate.runner import Budget, Cell, prepare_subset, read_results, run_cell, run_cells
+
+TINY = Budget("quick", train_images=16, test_images=8, epochs=1, batch_size=8, seeds=(0,), image_size=16,
+              head_dims=(8,), batch_sizes=(4, 8), epoch_grid=(1,), about="test")
+
+
+def test_subset_is_class_balanced_and_made_once(tmp_path: Path, tiny_folder: Path) -> None:
+    subset = prepare_subset(str(tiny_folder), tmp_path, TINY)
+    counts = {(split, name): len(list((subset / split / name).iterdir())) for split in ("train", "test")
+              for name in ("circle", "stripes")}
+    assert counts == {("train", "circle"): 8, ("train", "stripes"): 8, ("test", "circle"): 4, ("test", "stripes"): 4}
+    stamp = (subset / "done.json").stat().st_mtime_ns
+    assert prepare_subset(str(tiny_folder), tmp_path, TINY) == subset and (subset / "done.json").stat().st_mtime_ns == stamp
+    with pytest.raises(runner.UserError, match="other data"):
+        prepare_subset(str(tmp_path / "elsewhere"), tmp_path, TINY)
+
+
+def test_a_cell_pretrains_and_scores_h_and_z(tmp_path: Path, tiny_folder: Path) -> None:
+    subset = prepare_subset(str(tiny_folder), tmp_path, TINY)
+    cell = Cell("linear 8", {"head": "linear", "proj_dim": 8, "semi_hard": True, "loss": "nt_logistic"}, evaluate_z=True)
+    result = run_cell(cell, 0, TINY, subset, tmp_path / "work", "cpu")
+    assert result["cell"] == "linear 8" and result["seed"] == 0 and result["settings"] == cell.settings
+    assert 0 <= result["knn_top1_h"] <= 100 and 0 <= result["knn_top1_z"] <= 100
+    assert not (tmp_path / "work").exists()  # checkpoints of a finished cell are removed
+
+
+def test_a_diverged_cell_is_a_result(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchclr.train
+    from torchclr.guard import DivergedError
+
+    def diverge(config: Any) -> None:
+        Path(config.out_dir).mkdir(parents=True)
+        raise DivergedError("loss became nan by step 2")
+
+    monkeypatch.setattr(torchclr.train, "pretrain", diverge)
+    result = run_cell(Cell("no l2", {"l2_normalize": False}), 1, TINY, tmp_path, tmp_path / "work", "cpu")
+    assert result["diverged"] == "loss became nan by step 2" and "knn_top1_h" not in result
+    assert not (tmp_path / "work").exists()
+
+
+def fake_cell(calls: list[tuple[str, int]]) -> Any:
+    """Stands in for the pretraining: records the call, scores 40 x colour strength + seed (s = 1 the best)."""
+    def run(cell: Cell, seed: int, budget: Budget, subset: Path, work: Path, device: str) -> dict[str, Any]:
+        calls.append((cell.name, seed))
+        score = 40 * cell.settings.get("jitter_strength", 0.5) + seed
+        return {"cell": cell.name, "seed": seed, "settings": cell.settings, "knn_top1_h": score, "knn_top1_z": score - 30,
+                "seconds": 1.0}
+    return run
+
+
+def test_finished_cells_are_skipped_and_seeds_added_later_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(runner, "run_cell", fake_cell(calls))
+    cells, results = [Cell("a", headline=True), Cell("b")], tmp_path / "study.jsonl"
+    run_cells(cells, (0, 1), TINY, tmp_path, results, "cpu", say=lambda _: None)
+    assert calls == [("a", 0), ("a", 1), ("b", 0)]  # a grid cell gets the first seed only
+    assert [(r["cell"], r["seed"]) for r in read_results(results)] == calls
+    calls.clear()
+    assert len(run_cells(cells, (0, 1), TINY, tmp_path, results, "cpu", say=lambda _: None)) == 3
+    assert calls == []
+    run_cells(cells, (0, 1, 2), TINY, tmp_path, results, "cpu", say=lambda _: None)
+    assert calls == [("a", 2)]
+    assert all(json.loads(line)["cell"] in "ab" for line in results.read_text().splitlines())
+
+
+def test_report_has_every_study_its_figures_and_verdicts(tmp_path: Path, tiny_folder: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(runner, "run_cell", fake_cell(calls))
+    report = tmp_path / "docs" / "ablations.md"
+    written = ablate(list(STUDIES), TINY, (0, 1, 2), str(tiny_folder), tmp_path / "out", report, "cpu",
+                     command="torchclr ablate all --budget quick", say=lambda _: None)
+    text = written.read_text()
+    assert written == report and text.startswith("# SimCLR's findings")
+    assert "Command: `torchclr ablate all --budget quick`" in text and "Machine: " in text
+    for name, study in STUDIES.items():
+        assert f"## {name} ({study.paper}), budget `quick`" in text
+    pngs = sorted(p.name for p in (tmp_path / "docs" / "ablations").iterdir())
+    assert pngs == sorted(f"{name}-quick-{kind}.png" for name, kind in (("augment-pairs", "heatmap"), ("batch-epochs", "lines"),
+                          ("color-strength", "bars"), ("head", "lines"), ("loss", "bars")))
+    assert all(f"](ablations/{png})" in text for png in pngs)
+    assert "stronger colour distortion helps (s = 1 over s = 1/8): **reproduces**" in text  # 40 points apart
+    assert "h beats z (non-linear head, 8-d): **reproduces**" in text  # 30 points, beyond the binomial error on 8 images
+    assert "59.6" in text and "63.9" in text  # the paper's numbers stand beside ours
+    random = json.loads((tmp_path / "out" / "random-quick.json").read_text())["knn_top1_h"]
+    assert 0 <= random <= 100 and f"with random weights scores {random:.1f}" in text
+    # random weights separate the fixture's two easy classes perfectly: no fake score (at most 41) beats them
+    assert random == 100.0 and "No cell beats random weights clearly (best 41.0)" in text
+    report.unlink()
+    ablate(["loss"], TINY, (0,), str(tiny_folder), tmp_path / "out", report, "cpu", say=lambda _: None, run=False,
+           command="torchclr ablate loss --report-only")
+    assert "Results from: `torchclr ablate all --budget quick`" in report.read_text()
+    assert len(calls) == len({(n, s) for n, s in calls}) and report.read_text().count("## ") == len(STUDIES)
+
+
+def test_verdicts() -> None:
+    high, low = Summary(60.0, 1.0, 3, 0.6), Summary(50.0, 1.0, 3, 0.6)
+    assert "**reproduces**" in verdict(high, low, "x")
+    assert "**the opposite at this scale**" in verdict(low, high, "x")
+    assert "**not resolved at this scale**" in verdict(Summary(50.5, 1.0, 3, 0.6), low, "x")
+    assert "not measured" in verdict(None, low, "x")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ablate", "bogus"], "invalid choice: 'bogus'"),
+    (["ablate", "loss", "--budget", "huge"], "invalid choice: 'huge'"),
+    (["ablate", "loss", "--seeds", "0,x"], "--seeds must be comma-separated integers"),
+    (["ablate", "loss", "--seeds", "1,1"], "--seeds must list distinct seeds"),
+])
+def test_bad_input_is_one_line(argv: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "torchclr", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
