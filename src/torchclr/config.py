@@ -116,6 +116,10 @@ class PretrainConfig:
     knn_bank_size: int = _opt(50_000, "labelled training images (a seeded subset, or all if fewer) the kNN monitor compares against")
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
+    final_protocol: str = _opt("logreg", "evaluation of the final report against random weights (linear_eval.json): "
+                               "'logreg', L-BFGS on cached h (the paper's transfer protocol, one pass of the encoder), or "
+                               "'linear', the paper's SGD linear evaluation on random crops (many passes; see torchclr "
+                               "evaluate --protocol)", ("logreg", "linear"))
     progress: bool = _opt(True, "show a progress bar")
 
     def augment_spec(self) -> AugmentSpec:
