@@ -25,7 +25,7 @@ from torchclr.transforms import AugmentSpec, BatchAugment
 
 SIDE, TRAIN, TEST = 16, 512, 256
 EPOCHS, BATCH = 12, 64
-MARGIN = 12.0  # points of kNN top-1 over random weights: about half the gain measured (+25.8 with these settings, seed 0)
+MARGIN = 22.0  # points of kNN top-1 over random weights (seed 0: +25.8; broken pairs +18.4, identical views +12.9, no step +6.3)
 RANDOM_AT_MOST = 80.0  # random weights must not already solve the task
 
 
