@@ -33,7 +33,8 @@ def test_pretrain_writes_a_complete_run_folder(tmp_path: Path, tiny_folder: Path
     assert [r["epoch"] for r in records if "knn_top1" in r] == [1, 2]  # the kNN monitor ran once per epoch
     assert all(r["loss"] > 0 for r in records if "loss" in r)
     table = capsys.readouterr().out
-    assert "SimCLR (this run)" in table and "random weights" in table
+    assert "SimCLR (this run)" in table and "random weights" in table and "--final-protocol logreg" in table
+    assert {r["protocol"] for r in json.loads((out / "linear_eval.json").read_text()).values()} == {"logreg"}
 
     assert main(["evaluate", "--checkpoint", str(out / "encoder.safetensors"), "--protocol", "knn", "--knn-k", "5",
                  "--json", str(tmp_path / "knn.json")]) == 0
@@ -46,6 +47,12 @@ def test_pretrain_writes_a_complete_run_folder(tmp_path: Path, tiny_folder: Path
     (result,) = json.loads((tmp_path / "finetune.json").read_text()).values()
     assert result["labelled_images"] == 16 and result["epochs"] == 2 and 0 <= result["top1"] <= 100  # a quarter of 64
     assert "fine-tuning on 0.25 of the labels" in capsys.readouterr().out
+
+    assert main(["evaluate", "--checkpoint", str(out / "encoder.safetensors"), "--protocol", "linear", "--linear-epochs", "2",
+                 "--no-compare-random", "--json", str(tmp_path / "linear.json")]) == 0
+    (result,) = json.loads((tmp_path / "linear.json").read_text()).values()
+    assert (result["protocol"], result["epochs"], result["batch_size"]) == ("linear", 2, 16) and 0 <= result["top1"] <= 100
+    assert "linear evaluation (SGD on frozen h, random crops)" in capsys.readouterr().out
 
 
 def test_resume_continues_exactly(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

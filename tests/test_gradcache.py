@@ -10,7 +10,7 @@ from torch import nn
 
 from torchclr.config import PretrainConfig
 from torchclr.errors import UserError
-from torchclr.gradcache import grad_cache_backward
+from torchclr.gradcache import chunk_layout, grad_cache_backward
 from torchclr.loss import LOSS_NAMES, build_loss
 
 IMAGES, CHUNK = 8, 2  # 4 chunks of 2 images (4 views) each
@@ -25,9 +25,9 @@ def tiny_net() -> nn.Module:
     )
 
 
-def views() -> tuple[torch.Tensor, torch.Tensor]:
+def views(images: int = IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    return torch.rand(IMAGES, 3, 6, 6, generator=generator), torch.rand(IMAGES, 3, 6, 6, generator=generator)
+    return torch.rand(images, 3, 6, 6, generator=generator), torch.rand(images, 3, 6, 6, generator=generator)
 
 
 def gradients(model: nn.Module) -> list[torch.Tensor]:
@@ -42,9 +42,10 @@ def full_batch_gradients(model: nn.Module, loss_fn: nn.Module, first: torch.Tens
 
 
 def cached_gradients(model: nn.Module, loss_fn: nn.Module, first: torch.Tensor, second: torch.Tensor,
-                     embed: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs: Any) -> list[torch.Tensor]:
+                     embed: Callable[[torch.Tensor], torch.Tensor] | None = None, chunk: int = CHUNK,
+                     **kwargs: Any) -> list[torch.Tensor]:
     model.zero_grad()
-    grad_cache_backward(model, embed or model, loss_fn, first, second, CHUNK, **kwargs)
+    grad_cache_backward(model, embed or model, loss_fn, first, second, chunk, **kwargs)
     return gradients(model)
 
 
@@ -52,27 +53,54 @@ def cached_gradients(model: nn.Module, loss_fn: nn.Module, first: torch.Tensor, 
 def test_chunks_give_the_full_batch_gradient(name: str) -> None:
     """BN in eval mode (or no BN): a chunk's embeddings do not depend on the other chunks, so the maths is the same."""
     model, loss_fn = tiny_net().eval(), build_loss(name, temperature=0.2, margin=0.5)
-    first, second = views()
-    expected = full_batch_gradients(model, loss_fn, first, second)
-    for got, want in zip(cached_gradients(model, loss_fn, first, second), expected, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for images, chunk in ((IMAGES, CHUNK), (7, 3)):  # equal chunks, and a short last one
+        first, second = views(images)
+        expected = full_batch_gradients(model, loss_fn, first, second)
+        for got, want in zip(cached_gradients(model, loss_fn, first, second, chunk=chunk), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_train_mode_batchnorm_normalises_per_chunk_and_updates_once_per_chunk() -> None:
-    """The exact gradient of per-chunk BN, and running statistics as if each chunk had been seen once."""
+@pytest.mark.parametrize("images, chunk", [(IMAGES, CHUNK), (7, 3), (5, 2), (4, 3)])
+def test_train_mode_batchnorm_normalises_chunks_that_never_hold_a_positive_pair(images: int, chunk: int) -> None:
+    """The exact gradient of a model whose BN sees, in chunk k, view 1 of images group k and view 2 of group k + 1
+    (mod the groups), written out here by hand; running statistics as if each chunk had been seen once."""
     loss_fn = build_loss("nt_xent", temperature=0.2, margin=0.5)
-    first, second = views()
+    first, second = views(images)
+    groups = [list(range(start, min(start + chunk, images))) for start in range(0, images, chunk)]
     reference = tiny_net()
-    chunks = [reference(torch.cat(pair)).chunk(2) for pair in zip(first.split(CHUNK), second.split(CHUNK))]
-    loss_fn(torch.cat([a for a, _ in chunks] + [b for _, b in chunks])).backward()
+    z1, z2 = [torch.empty(0)] * images, [torch.empty(0)] * images
+    for k, group in enumerate(groups):
+        partner = groups[(k + 1) % len(groups)]
+        out = reference(torch.cat([first[group], second[partner]]))
+        for row, i in enumerate(group):
+            z1[i] = out[row]
+        for row, i in enumerate(partner):
+            z2[i] = out[len(group) + row]
+    loss_fn(torch.stack(z1 + z2)).backward()
 
     model = tiny_net()
-    got = cached_gradients(model, loss_fn, first, second)
+    got = cached_gradients(model, loss_fn, first, second, chunk=chunk)
     for g, want in zip(got, gradients(reference), strict=True):
         torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-5)
     for buffer, want in zip(model.buffers(), reference.buffers(), strict=True):
         torch.testing.assert_close(buffer, want, rtol=1e-6, atol=1e-7)
-    assert model[1].num_batches_tracked.item() == IMAGES // CHUNK
+    assert model[1].num_batches_tracked.item() == len(groups)
+
+
+@pytest.mark.parametrize("images", [1, 2, 3, 7, 16, 33, 100])
+def test_no_chunk_holds_both_views_of_an_image(images: int) -> None:
+    """Every view runs exactly once, chunks hold at most 2 x chunk views, and an image's two views share a chunk only
+    when the whole batch is one chunk (the unchunked step, global BN)."""
+    for chunk in range(1, images + 2):
+        layout = chunk_layout(images, chunk)
+        rows1 = [i for first_rows, _ in layout for i in range(images)[first_rows]]
+        rows2 = [i for _, second_rows in layout for i in range(images)[second_rows]]
+        assert sorted(rows1) == sorted(rows2) == list(range(images))
+        assert all(len(range(images)[a]) + len(range(images)[b]) <= 2 * chunk for a, b in layout)
+        if chunk >= images:
+            assert layout == [(slice(0, images), slice(0, images))]
+        else:
+            assert all(not set(range(images)[a]) & set(range(images)[b]) for a, b in layout)
 
 
 def test_composes_with_grad_scaler_and_autocast() -> None:

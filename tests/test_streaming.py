@@ -23,7 +23,7 @@ from torchclr.data import plan
 from torchclr.data.sources import decode_image, open_images
 from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
-from torchclr.evaluate import linear
+from torchclr.evaluate import logreg
 from torchclr.evaluate.monitor import EvalSplit, bank_indices
 from torchclr.models import build_encoder
 from torchclr.train import _view_batches
@@ -68,7 +68,7 @@ def test_imagenet_preset_streams_through_the_monitor_and_the_probe(tmp_path: Pat
                  "--data-mode", "stream", "--arch", "resnet18", "--image-size", "16", "--stored-size", "32", "--eval-split",
                  "val", "--warmup-epochs", "0", "--workers", "1", "--knn-k", "5", "--no-progress", "--out-dir", str(out)]) == 0
     said = capsys.readouterr().out
-    assert "data: 100 images" in said and "streamed: --data-mode stream" in said and "linear evaluation" in said
+    assert "data: 100 images" in said and "streamed: --data-mode stream" in said and "--final-protocol logreg" in said
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "knn_top1" in r] == [1]  # the monitor's default for streamed data still ends the run
     report = json.loads((out / "linear_eval.json").read_text())
@@ -249,9 +249,9 @@ def test_sgd_probe_agrees_with_lbfgs_on_a_separable_problem(monkeypatch: pytest.
         return centres[labels] + torch.randn(count, 16, generator=generator), labels
 
     (train_x, train_y), (test_x, test_y) = sample(2000), sample(500)
-    full_batch = linear.linear_probe(train_x, train_y, test_x, test_y, 4)
-    monkeypatch.setattr(linear, "FULL_BATCH_MAX_VALUES", 0)
-    minibatch = linear.linear_probe(train_x, train_y, test_x, test_y, 4)
+    full_batch = logreg.linear_probe(train_x, train_y, test_x, test_y, 4)
+    monkeypatch.setattr(logreg, "FULL_BATCH_MAX_VALUES", 0)
+    minibatch = logreg.linear_probe(train_x, train_y, test_x, test_y, 4)
     assert full_batch.top1 > 97 and abs(minibatch.top1 - full_batch.top1) <= 1.0
 
 

@@ -28,20 +28,32 @@ def _build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser(
         "pretrain", help="pretrain an encoder with SimCLR",
         description="Pretrain a ResNet with SimCLR. With no options: a short run on the CIFAR-10 sample shipped with "
-        "torchclr, ending with a linear-probe table against random weights. Every option is also a YAML key for --config.",
+        "torchclr, ending with an evaluation table against random weights (--final-protocol). Every option is also a YAML key for --config.",
     )
     config_module.add_arguments(pretrain)
 
     evaluate = commands.add_parser(
-        "evaluate", help="linear probe, kNN or fine-tuning of a trained encoder on labelled data (its own or another: transfer)",
+        "evaluate", help="linear evaluation, logistic regression, kNN or fine-tuning of a trained encoder on labelled data (its own or another: transfer)",
         description="Evaluate the encoder of a checkpoint (training checkpoint or encoder.safetensors): its frozen "
-        "representation h (linear, knn) or the whole encoder fine-tuned on a share of the labels (finetune). "
+        "representation h (linear, logreg, knn) or the whole encoder fine-tuned on a share of the labels (finetune). "
         "Give --data another labelled data set to measure transfer.",
     )
     evaluate.add_argument("--checkpoint", required=True, help="a .safetensors file written by torchclr pretrain")
-    evaluate.add_argument("--protocol", choices=("linear", "knn", "finetune"), default="linear",
-                          help="linear probe on cached h, weighted kNN, or fine-tuning the whole encoder on --label-fraction "
-                          "of the training labels (the paper's semi-supervised protocol) (default: linear)")
+    evaluate.add_argument("--protocol", choices=("linear", "logreg", "knn", "finetune"), default="linear",
+                          help="linear: the paper's linear evaluation, a linear layer trained by SGD on the frozen h of "
+                          "random crops (many passes of the encoder); logreg: L-BFGS logistic regression on cached h "
+                          "(the paper's transfer protocol, one pass); knn: weighted kNN; finetune: the whole encoder "
+                          "on --label-fraction of the training labels (the paper's semi-supervised protocol) (default: linear)")
+    evaluate.add_argument("--linear-epochs", type=int, default=None,
+                          help="for --protocol linear: epochs (default: 90, the paper's, from 50,000 training images; "
+                          "proportionally fewer below, at least 15)")
+    evaluate.add_argument("--linear-batch-size", type=int, default=None,
+                          help="for --protocol linear: batch (default: 4096, the paper's, or the largest power of two "
+                          "that gives an epoch 32 steps)")
+    evaluate.add_argument("--linear-lr", type=float, default=0.1,
+                          help="for --protocol linear: base learning rate, times batch / 256 (default: 0.1, the paper's)")
+    evaluate.add_argument("--linear-weight-decay", type=float, default=0.0,
+                          help="for --protocol linear: weight decay of the layer (default: 0, the paper's)")
     evaluate.add_argument("--label-fraction", type=float, default=0.1,
                           help="for --protocol finetune: class-balanced share of the training labels to use, e.g. 0.01 or 0.1 (default: 0.1)")
     evaluate.add_argument("--finetune-epochs", type=int, default=None,
@@ -145,13 +157,15 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from torchclr.evaluate.finetune import FinetuneSettings
-    from torchclr.evaluate.monitor import LabelledEval, evaluate_encoders, format_table, random_twin
+    from torchclr.evaluate.linear import LinearSettings
+    from torchclr.evaluate.monitor import PROTOCOLS, LabelledEval, evaluate_encoders, format_table, random_twin
     from torchclr.pretrained import load_encoder
     from torchclr.train import resolve_device
 
     if args.knn_k <= 0 or args.knn_temperature <= 0:
         raise UserError("--knn-k and --knn-temperature must be > 0")
     finetune_settings = FinetuneSettings(args.label_fraction, args.finetune_epochs, seed=args.seed)
+    linear_settings = LinearSettings(args.linear_epochs, args.linear_batch_size, args.linear_lr, args.linear_weight_decay, args.seed)
     device = resolve_device(args.device)
     encoder, _, meta = load_encoder(args.checkpoint)
     config = meta["config"]
@@ -162,8 +176,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     encoders = {"SimCLR": encoder}
     if args.compare_random:
         encoders["random weights"] = random_twin(encoder, config)
-    results = evaluate_encoders(labelled, encoders, device, args.protocol, args.knn_k, args.knn_temperature, finetune_settings)
-    what = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else f"{args.protocol} evaluation"
+    results = evaluate_encoders(labelled, encoders, device, args.protocol, args.knn_k, args.knn_temperature, finetune_settings,
+                                linear_settings)
+    what = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else PROTOCOLS[args.protocol]
     print(format_table(results, f"{what} of {args.checkpoint}", labelled))
     if args.json:
         with open(args.json, "w") as handle:

@@ -105,9 +105,11 @@ class PretrainConfig:
     channels_last: bool = _opt(True, "channels-last memory format for the convolutions")
     seed: int = _opt(0, "random seed")
     deterministic: bool = _opt(False, "deterministic algorithms (bit-exact resume, slower)")
-    grad_cache_chunk: str | None = _opt("auto", "gradient caching: run the network on chunks of this many images per process "
-                                 "and get the exact gradient of the whole batch with the memory of one chunk "
-                                 "(slower: each chunk runs forward twice); 'auto': the memory plan made before the "
+    grad_cache_chunk: str | None = _opt("auto", "gradient caching: run the network on chunks of this many images per process, "
+                                 "the loss still over the whole batch, with the memory of one chunk (slower: each chunk "
+                                 "runs forward twice). The gradient is the whole batch's exactly, except that BatchNorm "
+                                 "normalises each chunk by its own statistics; a chunk holds view 1 of one group of "
+                                 "images and view 2 of the next, never both views of an image; 'auto': the memory plan made before the "
                                  "first step turns it on, with the largest chunk that fits, when the batch does not fit; 'off' (or none)")
     # several processes (torchrun)
     sync_bn: bool = _opt(True, "under torchrun, BatchNorm statistics over the global batch (off: over each process's share)")
@@ -125,6 +127,10 @@ class PretrainConfig:
     knn_bank_size: int = _opt(50_000, "labelled training images (a seeded subset, or all if fewer) the kNN monitor compares against")
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
+    final_protocol: str = _opt("logreg", "evaluation of the final report against random weights (linear_eval.json): "
+                               "'logreg', L-BFGS on cached h (the paper's transfer protocol, one pass of the encoder), or "
+                               "'linear', the paper's SGD linear evaluation on random crops (many passes; see torchclr "
+                               "evaluate --protocol)", ("logreg", "linear"))
     progress: bool = _opt(True, "show a progress bar")
 
     def augment_spec(self) -> AugmentSpec:

@@ -8,11 +8,15 @@ still sees every embedding of the batch; only the network runs chunk by chunk:
 2. compute the loss on z and its gradient dL/dz (a small [2n, d] tensor);
 3. run each chunk again with autograd and back-propagate its slice of dL/dz.
 
-The parameters end with the gradient of the full batch, as long as a chunk's embeddings do not depend on the
-other chunks. BatchNorm in training mode breaks that: it normalises each chunk by the chunk's own statistics
-(as in Gao et al.), so the result is the exact gradient of a model with per-chunk BN. Running statistics are
-updated once per chunk, not twice: the first pass puts them back. Layers that draw random numbers (dropout;
-none in a ResNet) would draw differently in the two passes.
+Which gradient this is. Without BatchNorm in training mode (or with BN in eval mode) a chunk's embeddings do not
+depend on the other chunks, and the parameters end with the exact gradient of the whole batch, as the unchunked
+step. BatchNorm in training mode normalises each chunk by the chunk's own statistics, so the result is the exact
+gradient of a model whose BN statistics are those of each chunk (as in Gao et al.). `chunk_layout` lays the chunks
+out so that no chunk holds both views of one image: chunk k runs view 1 of group k and view 2 of group k + 1
+(mod the number of groups), so a positive pair is never normalised by the same statistics, the leak that the
+paper's global BN exists to prevent. A batch that fits in one chunk runs unchunked, with global BN. Running
+statistics are updated once per chunk, not twice: the first pass puts them back. Layers that draw random numbers
+(dropout; none in a ResNet) would draw differently in the two passes.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from torch import Tensor, nn
 def chunk_layout(images: int, chunk_size: int) -> list[tuple[slice, slice]]:
     """Which images' view 1 and view 2 each chunk runs: (rows of `first`, rows of `second`) per chunk.
 
-    Today chunk k holds both views of the same images. The one place to change so that BatchNorm in training
-    mode stops seeing a positive pair inside one chunk's statistics (chunk k taking view 1 of one group of images
-    and view 2 of another), since everything below follows these slices.
+    The images are cut into groups of `chunk_size` (the last may be shorter); chunk k takes view 1 of group k and
+    view 2 of group k + 1 (the last chunk: of group 0), so no chunk holds both views of an image and BatchNorm in
+    training mode never computes a positive pair's statistics together. A chunk holds at most 2 x `chunk_size`
+    views, as before. One group (`chunk_size` >= `images`) is the whole batch in one chunk: the unchunked step.
     """
-    return [(slice(start, min(start + chunk_size, images)),) * 2 for start in range(0, images, chunk_size)]
+    groups = [slice(start, min(start + chunk_size, images)) for start in range(0, images, chunk_size)]
+    return [(group, groups[(index + 1) % len(groups)]) for index, group in enumerate(groups)]
 
 
 def grad_cache_backward(
@@ -45,8 +51,9 @@ def grad_cache_backward(
 ) -> Tensor:
     """Accumulate into `.grad` the gradient of `loss_fn(z)` for the views `first`, `second` ([n, ...] each).
 
-    `embed(images)` runs `model` on [2m, ...] images laid out as [view 1; view 2] of m images (autocast and memory
-    format are its business) and returns z; `loss_fn` takes z of the whole batch as [view 1 of n; view 2 of n].
+    `embed(images)` runs `model` on [m1 + m2, ...] images laid out as [view 1 of m1 images; view 2 of m2 others]
+    (see `chunk_layout`; autocast and memory format are its business) and returns z; `loss_fn` takes z of the
+    whole batch as [view 1 of n; view 2 of n].
     `scale` is applied to the loss before its backward (a GradScaler's `scale`). Under DDP, only the last chunk's
     backward all-reduces the gradients (`model.no_sync()` for the others). Returns the loss, detached.
     """

@@ -61,7 +61,8 @@ def extract_features(
 ) -> torch.Tensor:
     """h for every image (float32 [N, d], on the CPU), with the encoder in eval mode (BN running statistics).
 
-    `images`: a uint8 tensor [N, 3, S, S], or uint8 batches of it (e.g. from `streamed_views`).
+    `images`: a uint8 tensor [N, 3, S, S], or uint8 batches of it (e.g. from `streamed_views`); float images are
+    taken as already in [0, 1] (e.g. augmented views).
     Any network on [0, 1] images will do: given an encoder with a classifier, this returns class scores.
     """
     batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size)) \
@@ -70,7 +71,8 @@ def extract_features(
     encoder.eval()
     out = []
     for batch in batches:
-        batch = batch.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
+        scale = 1 / 255 if batch.dtype == torch.uint8 else 1.0
+        batch = batch.to(device, non_blocking=True).float().mul_(scale).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             out.append(encoder(batch).float().cpu())
     encoder.train(was_training)

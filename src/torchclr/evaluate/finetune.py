@@ -22,9 +22,9 @@ from torchclr import memory
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
+from torchclr.evaluate.linear import crop_and_flip, linear_head
 from torchclr.models import Encoder
 from torchclr.optim import parameter_groups, scaled_lr, warmup_cosine_scheduler
-from torchclr.transforms import AugmentSpec, BatchAugment
 
 
 def paper_epochs(label_fraction: float) -> int:
@@ -71,7 +71,7 @@ class Classifier(nn.Module):
     def __init__(self, encoder: Encoder, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Sequential(nn.BatchNorm1d(encoder.feature_dim, affine=False), nn.Linear(encoder.feature_dim, num_classes))
+        self.head = linear_head(encoder.feature_dim, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(images))
@@ -137,7 +137,7 @@ def finetune(
     lr = scaled_lr(settings.base_lr, batch_size, "linear")
     optimizer = torch.optim.SGD(parameter_groups(model, 0.0), lr=lr, momentum=0.9, nesterov=True)
     scheduler = warmup_cosine_scheduler(optimizer, epochs * len(bounds), 0)
-    augment = BatchAugment(AugmentSpec(image_size=test_images.shape[-1], jitter_p=0.0, grayscale_p=0.0, blur_p=0.0))
+    augment = crop_and_flip(test_images.shape[-1])
     generator, shuffle = torch.Generator(device=device).manual_seed(settings.seed), torch.Generator().manual_seed(settings.seed)
     model.train()
     for _ in range(epochs):

@@ -24,7 +24,8 @@ from torchclr.errors import UserError
 from torchclr.evaluate.features import eval_images, extract_features, streamed_views
 from torchclr.evaluate.finetune import FinetuneSettings, finetune
 from torchclr.evaluate.knn import accuracy, knn_predict
-from torchclr.evaluate.linear import linear_probe
+from torchclr.evaluate.linear import LinearSettings, linear_eval
+from torchclr.evaluate.logreg import linear_probe
 from torchclr.models import build_encoder
 from torchclr.models.encoders import CUSTOM_ARCH
 
@@ -137,30 +138,46 @@ def knn_every(config: Any, labelled: LabelledEval) -> int:
     return LARGE_SET_KNN_EVERY if labelled.streamed else 1
 
 
+PROTOCOLS = {  # --protocol: what the tables call it (the paper's section in docs/evaluation.md)
+    "linear": "linear evaluation (SGD on frozen h, random crops)",
+    "logreg": "logistic regression (L-BFGS on frozen h)",
+    "knn": "weighted kNN",
+    "finetune": "fine-tuning",
+}
+
+
 def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], device: torch.device, protocol: str,
                       knn_k: int = 200, knn_temperature: float = 0.1,
-                      finetune_settings: FinetuneSettings | None = None) -> dict[str, dict[str, float]]:
-    """Linear probe, kNN or fine-tuning on a share of the labels, for each named encoder, on the same images."""
-    results = {}
+                      finetune_settings: FinetuneSettings | None = None,
+                      linear_settings: LinearSettings | None = None) -> dict[str, dict[str, Any]]:
+    """One protocol of `PROTOCOLS` for each named encoder, on the same images; each result names its protocol."""
+    results: dict[str, dict[str, Any]] = {}
     for name, encoder in encoders.items():
         if protocol == "finetune":
             results[name] = finetune(encoder, labelled.train.views(), labelled.train.labels, labelled.test.views(),
                                      labelled.test.labels, labelled.num_classes, finetune_settings or FinetuneSettings(), device)
-            continue
-        train, test = labelled.features(encoder, device)
-        if protocol == "linear":
-            result = linear_probe(train, labelled.train.labels, test, labelled.test.labels, labelled.num_classes)
-            results[name] = asdict(result)
+        elif protocol == "linear":
+            test = labelled.test.features(encoder, device, batch_size=labelled.batch_size)
+            results[name] = linear_eval(encoder, labelled.train.views(), labelled.train.labels, test, labelled.test.labels,
+                                        labelled.num_classes, linear_settings or LinearSettings(), device, labelled.batch_size)
         else:
-            scores = knn_predict(train, labelled.train.labels, test, labelled.num_classes, knn_k, knn_temperature,
-                                 labelled.knn_chunk)
-            results[name] = {"top1": accuracy(scores, labelled.test.labels, 1), "top5": accuracy(scores, labelled.test.labels, 5)}
+            train, test = labelled.features(encoder, device)
+            if protocol == "logreg":
+                results[name] = asdict(linear_probe(train, labelled.train.labels, test, labelled.test.labels, labelled.num_classes))
+            else:
+                scores = knn_predict(train, labelled.train.labels, test, labelled.num_classes, knn_k, knn_temperature,
+                                     labelled.knn_chunk)
+                results[name] = {"top1": accuracy(scores, labelled.test.labels, 1), "top5": accuracy(scores, labelled.test.labels, 5)}
+        results[name]["protocol"] = protocol
     return results
 
 
 def format_table(results: dict[str, dict[str, float]], title: str, labelled: LabelledEval) -> str:
     lines = [f"{title} on {labelled.origin} ({labelled.test_split} split)", f"{'encoder':<28}{'top-1 %':>9}{'top-5 %':>9}"]
     lines += [f"{name:<28}{r['top1']:>9.2f}{r['top5']:>9.2f}" for name, r in results.items()]
+    first = next(iter(results.values()))
+    if first.get("protocol") == "linear":
+        lines.append(f"({first['epochs']:.0f} epochs, batch {first['batch_size']:.0f}, lr {first['lr']:.3g}: Nesterov SGD, cosine decay)")
     return "\n".join(lines)
 
 
@@ -178,11 +195,14 @@ def random_twin(encoder: nn.Module, config: Any) -> nn.Module:
 
 
 def final_report(labelled: LabelledEval, encoder: nn.Module, config: Any, device: torch.device, run_dir: Path) -> dict:
-    """Linear probe of the trained encoder beside random weights; printed and saved as linear_eval.json by rank 0.
+    """--final-protocol (logreg or linear) of the trained encoder beside random weights; printed and saved as
+    linear_eval.json (each result names its protocol) by rank 0.
 
     A collective under several processes: every rank extracts its share of the features."""
-    results = evaluate_encoders(labelled, {"SimCLR (this run)": encoder, "random weights": random_twin(encoder, config)}, device, "linear")
+    protocol = config.final_protocol
+    encoders = {"SimCLR (this run)": encoder, "random weights": random_twin(encoder, config)}
+    results = evaluate_encoders(labelled, encoders, device, protocol, linear_settings=LinearSettings(seed=config.seed))
     if distributed.is_main_process():
-        print(format_table(results, "linear evaluation", labelled), flush=True)
+        print(format_table(results, f"{PROTOCOLS[protocol]} (--final-protocol {protocol})", labelled), flush=True)
         (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
     return results

@@ -193,7 +193,8 @@ def _summary(run_dir: Path, config: PretrainConfig, records: list[dict[str, Any]
     linear = run_dir / "linear_eval.json"
     if linear.is_file():
         for name, result in json.loads(linear.read_text()).items():
-            rows.append((f"linear probe: {name}", f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"))
+            protocol = result.get("protocol", "logreg")  # older runs wrote none: theirs was L-BFGS
+            rows.append((f"{protocol} evaluation: {name}", f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"))
     return rows
 
 
