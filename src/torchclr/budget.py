@@ -55,8 +55,11 @@ def parse_duration(text: str | float | int, option: str = OPTION) -> float:
 
 
 def format_duration(seconds: float) -> str:
+    """'12.3s' under a minute, '15m00s' above."""
+    if seconds < 60:
+        return f"{seconds:.3g}s"
     minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes else f"{seconds:.1f}s"
+    return f"{minutes}m{rest:02d}s"
 
 
 def retarget_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int, warmup_steps: int) -> None:

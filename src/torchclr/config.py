@@ -124,6 +124,7 @@ class PretrainConfig:
     knn_bank_size: int = _opt(50_000, "labelled training images (a seeded subset, or all if fewer) the kNN monitor compares against")
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
+    final_report: bool = _opt(True, "end with the linear probe of the encoder beside random weights (with labelled data)")
     progress: bool = _opt(True, "show a progress bar")
 
     def augment_spec(self) -> AugmentSpec:

@@ -329,7 +329,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     config = _with_image_size(config, images, sizes)
     model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
     batches = _view_batches(config, images, sizes, device, rank, world, run)
-    labelled = open_labelled_eval(config)
+    labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
     monitor_every = knn_every(config, labelled) if labelled is not None else 0
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     model, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
@@ -449,7 +449,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     ctx.guard.check()
     if rank == 0:
         export_encoder(run.dir / "encoder.safetensors", model, config)
-    if labelled is not None:
+    if labelled is not None and config.final_report:
         record["report"] = final_report(labelled, model.encoder, config, device, run.dir)
     run.close()
     return record

@@ -333,17 +333,18 @@ class BatchAugment(nn.Module):
 class StagedAugment(nn.Module):
     """A `BatchAugment` per resolution stage (see `torchclr.transforms.resolution`), one of them in use at a time.
 
-    The training loop calls `set_step` before each batch is drawn; the stage is a function of the step alone, so
-    a resumed run draws the same views with the same generator as one never stopped.
+    The training loop calls `set_step` before each batch is drawn; the stage is a function of the step and the
+    run's length alone, so a resumed run draws the same views with the same generator as one never stopped. A
+    stage, once reached, is kept: a --time-budget run that re-plans a longer run does not go back to smaller views.
     """
 
     def __init__(self, specs: list[AugmentSpec], stage_at: Callable[[int, int], int]) -> None:
         super().__init__()
         self.stages = nn.ModuleList(BatchAugment(spec) for spec in specs)
-        self.stage_at, self.current = stage_at, len(specs) - 1
+        self.stage_at, self.current = stage_at, 0
 
     def set_step(self, step: int, total_steps: int) -> None:
-        self.current = self.stage_at(step, total_steps)
+        self.current = max(self.current, self.stage_at(step, total_steps))
 
     @property
     def spec(self) -> AugmentSpec:
