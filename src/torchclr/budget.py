@@ -159,7 +159,7 @@ class TimeBudget:
         from torchclr import distributed
 
         steps_here = global_step - first_step_of_run
-        if steps_here == 1 and self.remaining() <= 0:
+        if steps_here == 1 and distributed.all_gather_objects(self.remaining() <= 0)[0]:  # rank 0's verdict for all
             raise UserError(f"{OPTION} {format_duration(self.seconds)} is too short for one step: the first step "
                             f"took {format_duration(self.elapsed() - self.spent_before)}; give a larger budget")
         planning = steps_here >= FIRST_PLAN_STEP and (steps_here == FIRST_PLAN_STEP or steps_here % self.replan_every == 0

@@ -45,8 +45,8 @@ from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
 from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
-from torchclr.transforms.batched import StagedAugment
 from torchclr.runlog import RunLog
+from torchclr.transforms.batched import StagedAugment
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
