@@ -9,7 +9,8 @@ example runs: SimCLRTransform in DataLoader workers, NTXentLoss, SGD) trained fo
 Each timed run is a subprocess of its own (`--timed-prefix` goes in front of it, e.g. a lock that keeps other
 measurements off the machine), with the load average before and after. The encoders are evaluated afterwards,
 outside the timed runs: weighted kNN (k = 200, T = 0.1) of the 10,000 test images against the 50,000 training
-images, each at its own view size, and the same for ResNet-18 (CIFAR stem) with random weights.
+images, each at its own view size, and the same for each architecture with random weights. `--reuse` takes the
+finished runs already in `--work-dir` (each keeps its wall time and load in `timed.json`) instead of training again.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ LIGHTLY = PretrainConfig(arch="resnet18", cifar_stem=True, image_size=32, batch_
                          jitter_strength=1.0, blur_p=0.5, crop_scale=(0.08, 1.0))  # SimCLRTransform(input_size=32) defaults
 
 
-def timed(command: list[str], prefix: list[str]) -> tuple[float, str, str]:
-    """Run one timed training subprocess: (wall seconds, load before, load after)."""
+def timed(command: list[str], prefix: list[str], out: Path) -> dict[str, float | str]:
+    """Run one timed training subprocess; its wall time and the load average before and after, kept in `out`."""
     before = f"{os.getloadavg()[0]:.2f}"
     start = time.perf_counter()
     subprocess.run(prefix + command, check=True)
-    return time.perf_counter() - start, before, f"{os.getloadavg()[0]:.2f}"
+    record = {"wall_s": time.perf_counter() - start, "load_before": before, "load_after": f"{os.getloadavg()[0]:.2f}"}
+    (out / "timed.json").write_text(json.dumps(record))
+    return record
 
 
 def train_lightly(data: str, budget: float, out: Path, workers: int) -> None:
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--timed-prefix", default="", help="command put in front of each timed run, e.g. 'flock LOCKFILE'")
     parser.add_argument("--workers", type=int, default=default_workers(), help="lightly's DataLoader workers (default: %(default)s)")
     parser.add_argument("--contenders", default="torchclr,lightly", help="comma-separated: torchclr, lightly (default: %(default)s)")
+    parser.add_argument("--reuse", action="store_true", help="evaluate the finished runs already in --work-dir instead of training them again")
     parser.add_argument("--lightly-run", nargs=2, metavar=("SECONDS", "OUT"), help=argparse.SUPPRESS)  # one timed lightly run
     args = parser.parse_args()
     if args.lightly_run:
@@ -103,16 +107,20 @@ def main() -> None:
             else:
                 command = [sys.executable, __file__, "--data", args.data, "--workers", str(args.workers),
                            "--lightly-run", str(seconds), str(out)]
-            wall, before, after = timed(command, prefix)
-            rows.append({"contender": contender, "budget": text, "seconds": seconds, "wall_s": wall, "load_before": before,
-                         "load_after": after, "encoder": str(out / "encoder.safetensors")})
-            print(f"{contender} {text}: {wall:.0f} s wall (setup included), load {before} -> {after}", flush=True)
+            finished = args.reuse and (out / "encoder.safetensors").exists() and (out / "timed.json").exists()
+            record = json.loads((out / "timed.json").read_text()) if finished else timed(command, prefix, out)
+            rows.append({"contender": contender, "budget": text, "seconds": seconds, **record, "encoder": str(out / "encoder.safetensors")})
+            print(f"{contender} {text}: {record['wall_s']:.0f} s wall (setup included), load {record['load_before']} -> "
+                  f"{record['load_after']}{' (reused)' if finished else ''}", flush=True)
 
     os.nice(19)  # evaluation is not timed: it yields to whatever else is measured on the machine
+    architectures = {}
     for row in rows:
-        encoder, transform, info = load_encoder(row["encoder"])
-        row["image_size"] = info["image_size"]
-        row["knn_top1"] = knn_top1(args.data, {"encoder": encoder}, info["image_size"])["encoder"]
+        encoder, _, info = load_encoder(row["encoder"])
+        model, size = info["model"], info["image_size"]
+        row["knn_top1"] = knn_top1(args.data, {"encoder": encoder}, size)["encoder"]
+        print(f"{row['contender']} {row['budget']}: kNN top-1 {row['knn_top1']:.2f}", flush=True)
+        architectures[(model["arch"], model["cifar_stem"], size)] = None
         trained = Path(row["encoder"]).parent
         metrics = trained / "metrics.jsonl"
         if metrics.exists():
@@ -120,17 +128,22 @@ def main() -> None:
             row["steps"] = max(r["step"] for r in steps)
         else:
             row["steps"] = json.loads((trained / "trained.json").read_text())["steps"]
-    torch.manual_seed(0)
-    random = knn_top1(args.data, {"random": build_encoder(LIGHTLY.arch, LIGHTLY.image_size, LIGHTLY.cifar_stem)}, LIGHTLY.image_size)
+    for arch, cifar_stem, size in architectures:
+        torch.manual_seed(0)
+        top1 = knn_top1(args.data, {"random": build_encoder(arch, size, cifar_stem)}, size)["random"]
+        architectures[(arch, cifar_stem, size)] = top1
+        print(f"random {arch} ({'CIFAR' if cifar_stem else 'ImageNet'} stem, {size} px): kNN top-1 {top1:.2f}", flush=True)
 
     print("\n| what | pretraining time | steps | kNN top-1 | load before -> after |\n| --- | --- | --- | --- | --- |")
-    print(f"| random weights (ResNet-18, CIFAR stem) | 0 | 0 | {random['random']:.1f} | |")
+    for (arch, cifar_stem, size), top1 in architectures.items():
+        print(f"| random weights ({arch}, {'CIFAR' if cifar_stem else 'ImageNet'} stem, {size} px) | 0 | 0 | {top1:.1f} | |")
     names = {"torchclr": f"torchclr pretrain --config {args.config}",
              "lightly": "lightly 1.6.0 SimCLR example (ResNet-18 CIFAR stem, 32 px, batch 256, fp32)"}
     for row in rows:
         print(f"| {names[row['contender']]} | {format_duration(row['seconds'])} | {row['steps']} | {row['knn_top1']:.1f} | "
               f"{row['load_before']} -> {row['load_after']} |")
-    (work / "time_to_accuracy.json").write_text(json.dumps({"random_top1": random["random"], "runs": rows}, indent=2))
+    randoms = [{"arch": a, "cifar_stem": c, "image_size": s, "knn_top1": t} for (a, c, s), t in architectures.items()]
+    (work / "time_to_accuracy.json").write_text(json.dumps({"random": randoms, "runs": rows}, indent=2))
 
 
 if __name__ == "__main__":

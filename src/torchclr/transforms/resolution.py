@@ -80,7 +80,7 @@ class ResolutionSchedule:
             low, high = spec.crop_scale
             specs.append(dataclasses.replace(
                 spec, image_size=size, jitter_strength=spec.jitter_strength * strength,
-                crop_scale=(min(high, 1 - (1 - low) * strength), high), blur_p=spec.effective_blur_p))
+                crop_scale=(min(high, low + (1 - low) * (1 - strength)), high), blur_p=spec.effective_blur_p))
         return specs
 
     def describe(self) -> str:
