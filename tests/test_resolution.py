@@ -82,16 +82,15 @@ def _run(data: Path, out: Path, *extra: str) -> int:
 def test_resume_across_a_stage_change_is_exact(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """8 steps (4 per epoch): 8 px for steps 1-2, 12 px for 3-6, 16 px for 7-8. Stopped after epoch 1 (step 4) and
     resumed, the run crosses the 12 -> 16 px change and writes the same epoch-2 checkpoint as a run never stopped."""
-    import torchclr.train
-
     seen: list[int] = []
-    real_step = torchclr.train.training_step
+    real_views = StagedAugment.two_views
 
-    def recording_step(ctx, first, second):  # noqa: ANN001, ANN202 - the step's own signature
-        seen.append(first.shape[-1])
-        return real_step(ctx, first, second)
+    def recording_views(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        first, second = real_views(self, *args, **kwargs)
+        seen.append(first.shape[-1])  # the views of each training step (the memory plan makes its own)
+        return first, second
 
-    monkeypatch.setattr(torchclr.train, "training_step", recording_step)
+    monkeypatch.setattr(StagedAugment, "two_views", recording_views)
     whole = tmp_path / "whole"
     assert _run(tiny_folder, whole) == 0
     assert seen == [8, 8, 12, 12, 12, 12, 16, 16]
