@@ -129,22 +129,22 @@ def test_runs_end_within_ten_percent_of_their_budget_fresh_and_resumed(tmp_path:
     """The budget counts training (steps, epoch-end checkpoints), by the run's own clock: the process start and the
     setup before the first step are not in it, so the check holds on a busy machine too."""
     out = tmp_path / "budgeted"
-    first = _pretrain(tiny_folder, out, "--time-budget", "12s")
+    first = _pretrain(tiny_folder, out, "--time-budget", "20s")
     assert first.returncode == 0, first.stderr
     record = _budget_record(out)
-    assert abs(record["time_budget_used_s"] - 12) <= 1.2, record
+    assert abs(record["time_budget_used_s"] - 20) <= 2.0, record
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"lr"' in line]
     assert lrs[-1] < 0.25 * max(lrs), lrs  # the cosine was fitted to the budget: it has decayed by the end
 
-    resumed = _pretrain(tiny_folder, out, "--time-budget", "24s", "--resume")
+    resumed = _pretrain(tiny_folder, out, "--time-budget", "40s", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     record = _budget_record(out)
-    assert abs(record["time_budget_used_s"] - 24) <= 2.4, record  # 12 s before the resume + about 12 s after it
+    assert abs(record["time_budget_used_s"] - 40) <= 4.0, record  # 20 s before the resume + about 20 s after it
     assert record["step"] > first_steps(first.stdout)
 
-    again = _pretrain(tiny_folder, out, "--time-budget", "24s", "--resume")  # nothing left (or less than a step)
+    again = _pretrain(tiny_folder, out, "--time-budget", "40s", "--resume")  # nothing left (or less than a step)
     lines = again.stderr.strip().splitlines()
-    assert again.returncode == 2 and len(lines) == 1 and "--time-budget 24s" in lines[0], again.stderr
+    assert again.returncode == 2 and len(lines) == 1 and "--time-budget 40s" in lines[0], again.stderr
 
 
 def first_steps(stdout: str) -> int:

@@ -167,11 +167,15 @@ class TimeBudget:
         if planning and device.type == "cuda":
             torch.cuda.synchronize(device)  # time what the device did, not what the host queued
         now = time.perf_counter()
-        if steps_here > 1 and self._last_mark is not None:  # the first step's one-time costs stay out of the rate
+        last_step = now - (self._last_mark if self._last_mark is not None else now)
+        if steps_here > 1:  # the first step's one-time costs stay out of the rate
             clock = self._clock.setdefault(self.stage_at(global_step - 1, self.planned_steps or global_step), _StageClock())
-            clock.seconds += now - self._last_mark
+            clock.seconds += last_step
             clock.steps += 1
         self._last_mark = now
+        if not planning and steps_here < FIRST_PLAN_STEP:
+            # before the first plan, stop if another step like the last one would not fit (slow steps, small budget)
+            planning = distributed.all_gather_objects(self.remaining() < last_step)[0]
         if planning:
             self.planned_steps = distributed.all_gather_objects(self._plan(global_step))[0]
             self._planned_here = True
