@@ -20,11 +20,13 @@ from typing import Any
 
 import yaml
 
+from torchclr.budget import parse_duration
 from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from torchclr.errors import UserError
+from torchclr.transforms.resolution import ResolutionSchedule
 from torchclr.transforms.spec import AugmentSpec
 
-PRESETS = ("quickstart", "cifar10", "imagenet")
+PRESETS = ("quickstart", "cifar10", "imagenet", "cpu-budget")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -75,6 +77,11 @@ class PretrainConfig:
     noise_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of additive Gaussian noise")
     rotate_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of a rotation by 90, 180 or 270 degrees")
     one_branch: bool = _opt(False, "ablation only (figure 5, batched views): distort the first view only, the second is the crop alone")
+    resolution_schedule: str | None = _opt(None, "progressive resolution: stages SIZE@START (START: fraction of the run's "
+                                           "steps), e.g. 16@0,24@0.4,32@0.8; the last size is --image-size, at which "
+                                           "the encoder is evaluated (--augment-mode batched)")
+    augment_ramp: float = _opt(1.0, "with --resolution-schedule: augmentation strength of the smallest stage relative to "
+                               "the largest (colour distortion x ramp, smallest crop area towards 1), linear in the size; 1: no ramp")
     # model
     arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
                      "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
@@ -96,7 +103,10 @@ class PretrainConfig:
     weight_decay: float = _opt(1e-6, "weight decay (never on biases and BN parameters)")
     momentum: float = _opt(0.9, "momentum of lars/sgd")
     batch_size: int = _opt(256, "images per step over all processes (each gives 2 views)")
-    epochs: int = _opt(100, "passes over the training data")
+    epochs: int = _opt(100, "passes over the training data (ignored with --time-budget)")
+    time_budget: str | None = _opt(None, "train for this long instead of --epochs (15m, 2h, 90s or seconds): the run times "
+                                   "its steps and fits their number, and the lr schedule, to the budget; epoch-end "
+                                   "checkpoints and kNN monitors count, the setup before and the final report after do not")
     warmup_epochs: float = _opt(10, "epochs of linear learning-rate warm-up before the cosine decay")
     # runtime
     device: str = _opt("auto", "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
@@ -131,6 +141,7 @@ class PretrainConfig:
                                "'logreg', L-BFGS on cached h (the paper's transfer protocol, one pass of the encoder), or "
                                "'linear', the paper's SGD linear evaluation on random crops (many passes; see torchclr "
                                "evaluate --protocol)", ("logreg", "linear"))
+    final_report: bool = _opt(True, "end with the linear probe of the encoder beside random weights (with labelled data)")
     progress: bool = _opt(True, "show a progress bar")
 
     def augment_spec(self) -> AugmentSpec:
@@ -176,6 +187,21 @@ class PretrainConfig:
         if self.augment_mode == "per-image" and any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p, self.one_branch)):
             raise UserError("--cutout-p, --sobel-p, --noise-p, --rotate-p and --one-branch need --augment-mode batched")
         self.grad_cache_request()
+        if self.time_budget is not None:
+            parse_duration(self.time_budget, option("time_budget"))
+        schedule = self.resolution()
+        if schedule is not None:
+            if self.image_size is not None and self.image_size != schedule.final_size:
+                raise UserError(f"{option('resolution_schedule')} ends at {schedule.final_size} px but --image-size is "
+                                f"{self.image_size}: the last stage is the size the encoder is evaluated at")
+            if self.augment_mode != "batched":
+                raise UserError(f"{option('resolution_schedule')} needs --augment-mode batched")
+
+    def resolution(self) -> ResolutionSchedule | None:
+        """The progressive resolution schedule, if any."""
+        if self.resolution_schedule is None:
+            return None
+        return ResolutionSchedule.parse(self.resolution_schedule, self.augment_ramp)
 
     def grad_cache_request(self) -> int | str:
         """'auto', 'off', or the chunk of images asked for."""

@@ -8,7 +8,9 @@ the run folder, and every rank extracts its share of the features for the kNN mo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -26,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from torchclr import checkpoint, distributed, memory
+from torchclr.budget import UNPLANNED_STEPS, TimeBudget, parse_duration
 from torchclr.config import PretrainConfig
 from torchclr.data.cache import default_stored_size
 from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
@@ -43,6 +46,7 @@ from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
 from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
 from torchclr.runlog import RunLog
+from torchclr.transforms.batched import StagedAugment
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -140,10 +144,12 @@ def training_step(ctx: StepContext, first: torch.Tensor, second: torch.Tensor) -
 
 
 def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_step: int, run: RunLog, progress: bool,
-                    start_step: int = 0, after_step: Callable[[int, int], None] | None = None) -> tuple[int, float]:
+                    start_step: int = 0, after_step: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[int], bool] | None = None) -> tuple[int, float]:
     """Returns the step count after the epoch and the epoch's mean loss (over all processes and finite steps).
 
-    `start_step` resumes mid-epoch; `after_step(step_in_epoch, global_step)` runs after every step (checkpoints).
+    `start_step` resumes mid-epoch; `after_step(step_in_epoch, global_step)` runs after every step (checkpoints);
+    `should_stop(global_step)` ends the epoch early (the end of a --time-budget).
     """
     log_every = max(1, batches.steps_per_epoch // 10)
     total, finite, count, start = torch.zeros((), device=ctx.device), torch.zeros((), device=ctx.device), 0, time.perf_counter()
@@ -169,6 +175,8 @@ def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_s
             run.log({k: v for k, v in record.items() if k != "loss" or math.isfinite(value)})
         if after_step is not None:
             after_step(step_in_epoch, global_step)
+        if should_stop is not None and should_stop(global_step):
+            break
     bar.close()
     return global_step, distributed.mean_over_ranks(total / finite.clamp(min=1)).item()
 
@@ -177,6 +185,9 @@ def _with_image_size(config: PretrainConfig, images: ImageSet, sizes: list[tuple
     """The config with --image-size set: as given, or from the data (a folder of photos gets photo-sized views)."""
     if config.image_size is not None:
         return config
+    schedule = config.resolution()
+    if schedule is not None:
+        return dataclasses.replace(config, image_size=schedule.final_size)
     size = default_image_size(sizes)
     longest = sorted(max(s) for s in sizes)
     _say(f"image size: {size} px, from the data (longer sides of {len(sizes)} sampled images: "
@@ -225,6 +236,10 @@ def _view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[in
     if batches.steps_per_epoch < 1:
         raise UserError(f"data {images.origin}: too few usable images for one step of --batch-size {config.batch_size} "
                         f"({images.skipped.summary(listed)})")
+    schedule = config.resolution()
+    if schedule is not None and isinstance(batches, (BatchedViews, StreamedViews)):
+        batches.augment = StagedAugment(schedule.stage_specs(spec), schedule.stage_at)
+        _say(schedule.describe())
     return batches
 
 
@@ -255,7 +270,8 @@ def _augment_states(batches: ViewBatches) -> dict[str, torch.Tensor]:
     return {_rank_key(r): state for r, state in enumerate(distributed.all_gather_objects(generator.get_state()))}
 
 
-def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepContext, batches: ViewBatches) -> tuple[int, int]:
+def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepContext, batches: ViewBatches,
+             budget: TimeBudget | None) -> tuple[int, int, int]:
     tensors, meta = checkpoint.load(path)
     if meta.get("kind") != "training":
         raise UserError(f"checkpoint {path} holds no training state to resume (it is a {meta.get('kind')!r} file)")
@@ -270,6 +286,8 @@ def _restore(path: Path, config: PretrainConfig, model: nn.Module, ctx: StepCont
     own_state = tensors.get(_rank_key(rank))  # the states of ranks this run does not have are left unused
     if generator is not None and own_state is not None:
         checkpoint.set_generator_state(generator, own_state)
+    if budget is not None:
+        budget.resume_from(meta.get("budget"), str(path))
     try:
         return int(meta["epoch"]), int(meta.get("epoch_step", 0)), int(meta["step"])
     except (TypeError, ValueError):
@@ -302,6 +320,7 @@ def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Modu
 
 def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,
               encoder: nn.Module | None = None) -> dict[str, Any]:
+    budget = TimeBudget(parse_duration(config.time_budget)) if config.time_budget else None
     rank, world = distributed.rank(), distributed.world_size()
     dtype = autocast_dtype(config.precision, device)
     seed_everything(config.seed + rank, config.deterministic)
@@ -313,14 +332,15 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     config = _with_image_size(config, images, sizes)
     model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
     batches = _view_batches(config, images, sizes, device, rank, world, run)
-    labelled = open_labelled_eval(config)
+    labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
     monitor_every = knn_every(config, labelled) if labelled is not None else 0
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     model, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
     lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     optimizer = build_optimizer(model, config.optimizer, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum)
-    total_steps = batches.steps_per_epoch * config.epochs
-    scheduler = warmup_cosine_scheduler(optimizer, total_steps, round(config.warmup_epochs * batches.steps_per_epoch))
+    warmup_steps = round(config.warmup_epochs * batches.steps_per_epoch)
+    total_steps = batches.steps_per_epoch * config.epochs if budget is None else max(UNPLANNED_STEPS, warmup_steps)
+    scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     loss_fn = build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize)
     ctx = StepContext(forward_model, loss_fn, optimizer, scheduler, scaler, device, dtype, config.channels_last)
@@ -338,12 +358,27 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
         path = distributed.all_gather_objects(run.latest_checkpoint() if resume == "latest" else Path(resume))[0]
         if path is None:
             raise UserError(f"--resume: no checkpoint in {run.checkpoints} to resume from")
-        start_epoch, start_step, global_step = _restore(path, config, model, ctx, batches)
+        start_epoch, start_step, global_step = _restore(path, config, model, ctx, batches, budget)
         run.truncate_after(global_step)
     elif rank == 0:  # rather now than after the first epoch
         checkpoint.check_free_space(run.checkpoints, checkpoint.estimated_training_bytes(model, config.optimizer), "checkpoints")
     run.write_config(config)
     ctx.guard = FiniteGuard(model, global_step, config.skip_nonfinite_steps)
+    if budget is not None:
+        budget.configure(scheduler, batches.steps_per_epoch, warmup_steps, config.resolution())
+        budget.start()
+    first_step = global_step
+
+    def run_length() -> int:
+        """The run's steps: fixed by --epochs, or as planned so far for --time-budget."""
+        return total_steps if budget is None else budget.planned_steps or UNPLANNED_STEPS
+
+    def next_step(global_step: int) -> None:
+        """Before a batch is drawn: the resolution stage of the step about to run."""
+        if isinstance(getattr(batches, "augment", None), StagedAugment):
+            batches.augment.set_step(global_step, run_length())
+
+    next_step(global_step)
 
     def save(epochs_done: int, global_step: int, mid_epoch_step: int = 0) -> Path:
         """Everything --resume needs, at the end of an epoch or mid-epoch; never a non-finite state."""
@@ -354,12 +389,18 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
         if rank == 0:
             info = {"config": _jsonable(config), "model": model_description(config), "epoch": epochs_done,
                     "step": global_step, "epoch_step": mid_epoch_step}
+            if budget is not None:
+                info["budget"] = budget.state()
             checkpoint.save_training(path, model, optimizer, scheduler, getattr(batches, "generator", None), info, scaler, augment_states)
             run.prune(config.keep_checkpoints)
         return path
 
     def after_step(epoch: int, step_in_epoch: int, global_step: int) -> None:
-        """Mid-epoch checkpoints: every --save-every-steps, and on SIGTERM/SIGUSR1 (then stop)."""
+        """The time budget's clock, mid-epoch checkpoints (every --save-every-steps, and on SIGTERM/SIGUSR1, then
+        stop), and the resolution stage of the next step."""
+        if budget is not None:
+            budget.after_step(global_step, first_step, device)
+        next_step(global_step)
         signalled = _stop_agreed(stop, step_in_epoch, batches.steps_per_epoch)
         periodic = config.save_every_steps and global_step % config.save_every_steps == 0
         if not signalled and not (periodic and step_in_epoch < batches.steps_per_epoch):  # the epoch's end saves anyway
@@ -372,30 +413,46 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
                               f"saved {path}; continue with the same command and --resume")
 
     record: dict[str, Any] = {}
-    for epoch in range(start_epoch, config.epochs):
+    epochs = range(start_epoch, config.epochs) if budget is None else itertools.count(start_epoch)
+    for epoch in epochs:
+        before = global_step - (start_step if epoch == start_epoch else 0)
         global_step, mean_loss = train_one_epoch(ctx, batches, epoch, global_step, run, config.progress and rank == 0,
                                                  start_step if epoch == start_epoch else 0,
-                                                 lambda step_in_epoch, step: after_step(epoch, step_in_epoch, step))
-        record = {"step": global_step, "epoch": epoch + 1, "epoch_loss": mean_loss}
-        if config.skip_nonfinite_steps:
-            record["skipped_steps"] = ctx.guard.skipped
-        if labelled is not None and monitor_every and ((epoch + 1) % monitor_every == 0 or epoch + 1 == config.epochs):
-            record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature,
-                                                   config.knn_bank_size, config.seed)  # every rank extracts a share
+                                                 lambda step_in_epoch, step: after_step(epoch, step_in_epoch, step),
+                                                 budget.finished if budget is not None else None)
+        last = epoch + 1 == config.epochs if budget is None else budget.finished(global_step)
+        steps_in_epoch = global_step - before
+        with budget.overhead() if budget is not None else contextlib.nullcontext():
+            record = {"step": global_step, "epoch": epoch + 1, "epoch_loss": mean_loss}
+            if config.skip_nonfinite_steps:
+                record["skipped_steps"] = ctx.guard.skipped
+            due = monitor_every and ((epoch + 1) % monitor_every == 0 or (last and budget is None))
+            if labelled is not None and due and steps_in_epoch == batches.steps_per_epoch:
+                record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature,
+                                                       config.knn_bank_size, config.seed)  # every rank extracts a share
+            if rank == 0:
+                run.log(record)
+            if steps_in_epoch == batches.steps_per_epoch:
+                save(epoch + 1, global_step)
+            else:  # a --time-budget ending mid-epoch
+                save(epoch, global_step, steps_in_epoch)
+            if rank == 0:
+                run.plot()
+                if config.progress:
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
+                    tqdm.write(f"epoch {epoch + 1}/{config.epochs if budget is None else '?'}: {shown}")
+            distributed.barrier()  # the others wait here while rank 0 saves
+        if last:
+            break
+    if budget is not None:
+        _say(budget.summary(global_step))
         if rank == 0:
-            run.log(record)
-        save(epoch + 1, global_step)
-        if rank == 0:
-            run.plot()
-            if config.progress:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch"))
-                tqdm.write(f"epoch {epoch + 1}/{config.epochs}: {shown}")
-        distributed.barrier()  # the others wait here while rank 0 saves
+            run.log({"step": global_step, **budget.report()})
 
     ctx.guard.check()
     if rank == 0:
         export_encoder(run.dir / "encoder.safetensors", model, config)
-    if labelled is not None:
+    if labelled is not None and config.final_report:
         record["report"] = final_report(labelled, model.encoder, config, device, run.dir)
     run.close()
     return record

@@ -352,3 +352,31 @@ class BatchAugment(nn.Module):
                 pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             out = pixels.repeat(views, 1, 1, 1)  # a copy, so that the in-place ops never touch the caller's tensor
         return out.mul_(1.0 / 255) if images.dtype == torch.uint8 else out  # the very scaling of v2.ToDtype
+
+
+class StagedAugment(nn.Module):
+    """A `BatchAugment` per resolution stage (see `torchclr.transforms.resolution`), one of them in use at a time.
+
+    The training loop calls `set_step` before each batch is drawn; the stage is a function of the step and the
+    run's length alone, so a resumed run draws the same views with the same generator as one never stopped. A
+    stage, once reached, is kept: a --time-budget run that re-plans a longer run does not go back to smaller views.
+    """
+
+    def __init__(self, specs: list[AugmentSpec], stage_at: Callable[[int, int], int]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(BatchAugment(spec) for spec in specs)
+        self.stage_at, self.current = stage_at, 0
+
+    def set_step(self, step: int, total_steps: int) -> None:
+        self.current = max(self.current, self.stage_at(step, total_steps))
+
+    @property
+    def spec(self) -> AugmentSpec:
+        return self.stages[self.current].spec
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None) -> Tensor:
+        return self.stages[self.current](images, generator, sizes)
+
+    def two_views(self, images: Tensor, generator: torch.Generator | None = None,
+                  sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.stages[self.current].two_views(images, generator, sizes)
