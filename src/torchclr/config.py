@@ -141,7 +141,7 @@ class PretrainConfig:
                                "'logreg', L-BFGS on cached h (the paper's transfer protocol, one pass of the encoder), or "
                                "'linear', the paper's SGD linear evaluation on random crops (many passes; see torchclr "
                                "evaluate --protocol)", ("logreg", "linear"))
-    final_report: bool = _opt(True, "end with the linear probe of the encoder beside random weights (with labelled data)")
+    final_report: bool = _opt(True, "end with the --final-protocol evaluation of the encoder beside random weights (with labelled data)")
     progress: bool = _opt(True, "show a progress bar")
 
     def augment_spec(self) -> AugmentSpec:
