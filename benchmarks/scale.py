@@ -11,8 +11,8 @@ linear probe on a fixed labelled set of the same kind of images (2,000 train / 5
 the same for every size, so that the figures compare the data path and not the size of the probe; 500 / 100 for
 the photos, where ResNet-50 at 224 px is slow on a CPU). Reported:
 
-- peak RSS: the training process's own peak (getrusage) and the peak sum over it and its DataLoader workers
-  (sampled from /proc every 0.1 s);
+- peak memory: the training process's own peak RSS (getrusage), and the peak proportional set size (PSS) of it and
+  its DataLoader workers together (sampled from /proc every 0.1 s; pages a worker shares with its parent count once);
 - data images/s: the streaming data path alone (workers decode, pad, batch; augmentation on the device), timed
   before training in the same process; step images/s: full training steps of the same run (metrics.jsonl);
 - start-up: from the process start to its first training step (index the shards, sample sizes, build the model).
@@ -117,18 +117,16 @@ sys.exit(code)
 """
 
 
-def _tree_rss_mb(root: int) -> float:
-    """Resident memory of `root` and all its descendants, from /proc."""
+def _tree_pss_mb(root: int) -> float:
+    """Proportional set size of `root` and all its descendants, from /proc: pages shared between the training
+    process and its forked workers count once in all (RSS would count them once per process)."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            parents[int(entry)] = int(fields[1])
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
     members, frontier = {root}, [root]
@@ -137,7 +135,14 @@ def _tree_rss_mb(root: int) -> float:
         children = [child for child, parent in parents.items() if parent == pid and child not in members]
         members.update(children)
         frontier += children
-    return sum(rss.get(pid, 0) for pid in members) / 2**20
+    total_kb = 0
+    for pid in members:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                total_kb += next(int(line.split()[1]) for line in handle if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total_kb / 1024
 
 
 def run_pretrain(data: Path, eval_data: Path, out: Path, arch: str, image_size: int, batch: int, steps: int,
@@ -154,7 +159,7 @@ def run_pretrain(data: Path, eval_data: Path, out: Path, arch: str, image_size: 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss_mb(process.pid))
+            peak = max(peak, _tree_pss_mb(process.pid))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -168,7 +173,7 @@ def run_pretrain(data: Path, eval_data: Path, out: Path, arch: str, image_size: 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     marks["step_images_per_s"] = [r["images_per_s"] for r in records if "images_per_s" in r][-1]
     marks["knn_top1"] = next(r["knn_top1"] for r in records if "knn_top1" in r)
-    marks["peak_rss_tree_mb"] = peak
+    marks["peak_pss_tree_mb"] = peak
     marks["said"] = [line for line in output.splitlines() if line.startswith(("data:", "image size"))]
     return marks
 
@@ -187,7 +192,7 @@ def main() -> None:
         parser.error(f"unknown --sizes {', '.join(unknown)} (choose from {', '.join(SETS)})")
     workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
     header = (f"{'set':<8}{'images':>10}{'size':>9} {'model':<9}{'px':>4}{'batch':>6}{'start-up s':>11}{'data img/s':>11}"
-              f"{'step img/s':>11}{'RSS MB':>8}{'+workers':>9}{'kNN %':>7}{'load':>6}")
+              f"{'step img/s':>11}{'RSS MB':>8}{'PSS+wkrs':>9}{'kNN %':>7}{'load':>6}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         print(f"writing sets in {root}: {DISTINCT} distinct JPEGs per set, their bytes repeated under new names "
@@ -212,11 +217,11 @@ def main() -> None:
             print(header)
             print(f"{name:<8}{count:>10,}{f'{width}x{height}':>9} {arch:<9}{image_size:>4}{batch:>6}{marks['startup_s']:>11.1f}"
                   f"{marks['data_images_per_s']:>11.1f}{marks['step_images_per_s']:>11.1f}{marks['peak_rss_self_mb']:>8.0f}"
-                  f"{marks['peak_rss_tree_mb']:>9.0f}{marks['knn_top1']:>7.1f}{load:>6.1f}", flush=True)
+                  f"{marks['peak_pss_tree_mb']:>9.0f}{marks['knn_top1']:>7.1f}{load:>6.1f}", flush=True)
             rows.append((name, marks))
     by_name = dict(rows)
     if "100k" in by_name and "1m" in by_name:
-        for key, what in (("peak_rss_self_mb", "training process"), ("peak_rss_tree_mb", "with its workers")):
+        for key, what in (("peak_rss_self_mb", "RSS of the training process"), ("peak_pss_tree_mb", "PSS with its workers")):
             growth = by_name["1m"][key] / by_name["100k"][key] - 1
             print(f"peak RSS 100k -> 1M ({what}): {growth:+.1%} (target < +10%)")
     if "photos" in by_name:
