@@ -22,7 +22,7 @@ from torchclr import memory
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
-from torchclr.evaluate.linear import crop_and_flip, linear_head
+from torchclr.evaluate.linear import crop_and_flip, linear_head, train_mode_batches
 from torchclr.models import Encoder
 from torchclr.optim import parameter_groups, scaled_lr, warmup_cosine_scheduler
 
@@ -122,11 +122,8 @@ def finetune(
     subset = labelled_subset(train_labels, settings.label_fraction, settings.seed)
     images, labels = train_images[subset], train_labels[subset]
     epochs = settings.epochs or paper_epochs(settings.label_fraction)
-    # Train-mode BN needs two images a batch, so a lone leftover image is left out of the epoch (a new one each
-    # epoch, as the order is reshuffled); the schedule counts exactly the steps that run.
     batch_size = min(settings.batch_size, len(subset))
-    bounds = [(start, min(start + batch_size, len(subset))) for start in range(0, len(subset), batch_size)]
-    bounds = [(start, stop) for start, stop in bounds if stop - start >= 2]
+    bounds = train_mode_batches(len(subset), batch_size)
 
     torch.manual_seed(settings.seed)
     model = Classifier(copy.deepcopy(encoder), num_classes).to(device, memory_format=torch.channels_last)

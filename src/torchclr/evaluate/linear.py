@@ -41,6 +41,13 @@ def crop_and_flip(image_size: int) -> BatchAugment:
     return BatchAugment(AugmentSpec(image_size=image_size, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0))
 
 
+def train_mode_batches(images: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of an epoch over `images` rows. Train-mode BN needs two rows a batch, so a lone
+    leftover row sits the epoch out (a new one each epoch, as the order is reshuffled); schedules count these."""
+    bounds = [(start, min(start + batch_size, images)) for start in range(0, images, batch_size)]
+    return [(start, stop) for start, stop in bounds if stop - start >= 2]
+
+
 def linear_head(feature_dim: int, num_classes: int) -> nn.Sequential:
     """A linear layer on h standardised by a parameter-free BN (see the module docstring)."""
     return nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False), nn.Linear(feature_dim, num_classes))
@@ -88,9 +95,7 @@ def linear_eval(
     """Top-1/top-5 (%) on `test_features` (h of the test centre views) of a linear layer trained with SGD on h of
     random crops of the uint8 `train_images`; the encoder runs frozen, `extract_batch` images at a time."""
     epochs, batch_size, lr = settings.resolve(len(train_images))
-    # Train-mode BN needs two rows a batch: a lone leftover image sits out the epoch (a new one each epoch).
-    bounds = [(start, min(start + batch_size, len(train_images))) for start in range(0, len(train_images), batch_size)]
-    bounds = [(start, stop) for start, stop in bounds if stop - start >= 2]
+    bounds = train_mode_batches(len(train_images), batch_size)
     torch.manual_seed(settings.seed)
     head = linear_head(test_features.shape[1], num_classes).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
