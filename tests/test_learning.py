@@ -24,8 +24,12 @@ from torchclr.train import StepContext, training_step
 from torchclr.transforms import AugmentSpec, BatchAugment
 
 SIDE, TRAIN, TEST = 16, 512, 256
-EPOCHS, BATCH = 12, 64
-MARGIN = 22.0  # points of kNN top-1 over random weights (seed 0: +25.8; broken pairs +18.4, identical views +12.9, no step +6.3)
+EPOCHS, BATCH = 30, 64
+SEEDS = (0, 1, 2)
+# Points of kNN top-1 over random weights, as the mean over SEEDS. Measured over seeds 0-9 one at a time: intact +27.7
+# to +34.0 (seeds 0-2: +30.6 on average); broken pairs +12.9 to +24.6 (+19.0), identical views +15.6 to +21.5 (+19.8),
+# no optimizer step +2.3 to +14.5 (+9.8). One seed is not enough: at 12 epochs, seeds 0-19 gave +14.8 to +29.7 intact.
+MARGIN = 26.0
 RANDOM_AT_MOST = 80.0  # random weights must not already solve the task
 
 
@@ -92,5 +96,6 @@ def test_random_weights_do_not_solve_the_task(random_top1: float) -> None:
 
 
 def test_simclr_beats_random_weights_by_a_margin(random_top1: float) -> None:
-    trained = knn_top1(pretrained_encoder(seed=0))
-    assert trained >= random_top1 + MARGIN, f"kNN top-1 after SimCLR {trained:.1f} %, random weights {random_top1:.1f} %"
+    trained = [knn_top1(pretrained_encoder(seed)) for seed in SEEDS]
+    mean = sum(trained) / len(trained)
+    assert mean >= random_top1 + MARGIN, f"kNN top-1 after SimCLR {trained} (mean {mean:.1f} %), random weights {random_top1:.1f} %"

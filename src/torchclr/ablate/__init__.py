@@ -56,8 +56,8 @@ def write_report(out: Path, report: Path, data: str, command: str, load: str, ru
         "# SimCLR's findings re-checked at small scale (`torchclr ablate`)",
         f"Command: `{command}`  \n" + "".join(f"Results from: `{line}`  \n" for line in runs if line != command) +
         f"Machine: {machine()}  \nData: {data}  \nWritten: "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average (1 min) {load}. The cells ran niced on "
-        "a machine shared with other jobs: the wall times below are no speed figures.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average (1 min) {load}. Wall times count whatever "
+        "else the machine ran during the cells.",
         "Every cell is a short `torchclr.pretrain` run on a class-balanced, seeded subset of the data's training "
         "split, then weighted kNN top-1 (k = 200, T = 0.1) of its frozen h (and z where said) on held-out test images "
         "against the same training images. The paper reports linear evaluation of ResNet-50 on ImageNet after 100+ "

@@ -22,7 +22,7 @@ from torchclr import memory
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
-from torchclr.evaluate.linear import crop_and_flip, linear_head, train_mode_batches
+from torchclr.evaluate.linear import EpochBatches, crop_and_flip, linear_head
 from torchclr.models import Encoder
 from torchclr.optim import parameter_groups, scaled_lr, warmup_cosine_scheduler
 
@@ -123,7 +123,7 @@ def finetune(
     images, labels = train_images[subset], train_labels[subset]
     epochs = settings.epochs or paper_epochs(settings.label_fraction)
     batch_size = min(settings.batch_size, len(subset))
-    bounds = train_mode_batches(len(subset), batch_size)
+    batches = EpochBatches(len(subset), batch_size, epochs, settings.seed)
 
     torch.manual_seed(settings.seed)
     model = Classifier(copy.deepcopy(encoder), num_classes).to(device, memory_format=torch.channels_last)
@@ -133,22 +133,18 @@ def finetune(
               "accumulated", file=sys.stderr, flush=True)
     lr = scaled_lr(settings.base_lr, batch_size, "linear")
     optimizer = torch.optim.SGD(parameter_groups(model, 0.0), lr=lr, momentum=0.9, nesterov=True)
-    scheduler = warmup_cosine_scheduler(optimizer, epochs * len(bounds), 0)
-    augment = crop_and_flip(test_images.shape[-1])
-    generator, shuffle = torch.Generator(device=device).manual_seed(settings.seed), torch.Generator().manual_seed(settings.seed)
+    scheduler = warmup_cosine_scheduler(optimizer, len(batches), 0)
+    augment, generator = crop_and_flip(test_images.shape[-1]), torch.Generator(device=device).manual_seed(settings.seed)
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(subset), generator=shuffle)
-        for start, stop in bounds:
-            index = order[start:stop]
-            optimizer.zero_grad(set_to_none=True)
-            for piece in index.tensor_split(math.ceil(len(index) / per_pass)):
-                views = augment(images[piece].to(device), generator).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = F.cross_entropy(model(views).float(), labels[piece].to(device), reduction="sum") / len(index)
-                loss.backward()
-            optimizer.step()
-            scheduler.step()
+    for index in batches:
+        optimizer.zero_grad(set_to_none=True)
+        for piece in index.tensor_split(math.ceil(len(index) / per_pass)):
+            views = augment(images[piece].to(device), generator).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = F.cross_entropy(model(views).float(), labels[piece].to(device), reduction="sum") / len(index)
+            loss.backward()
+        optimizer.step()
+        scheduler.step()
     scores = extract_features(model, test_images, device, autocast_dtype=dtype)
     return {"top1": accuracy(scores, test_labels, 1), "top5": accuracy(scores, test_labels, 5),
             "labelled_images": float(len(subset)), "epochs": float(epochs)}

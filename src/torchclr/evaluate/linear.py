@@ -18,6 +18,7 @@ rate does not depend on the scale of h, which pretraining changes a lot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +42,30 @@ def crop_and_flip(image_size: int) -> BatchAugment:
     return BatchAugment(AugmentSpec(image_size=image_size, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0))
 
 
-def train_mode_batches(images: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, stop) of each batch of an epoch over `images` rows. Train-mode BN needs two rows a batch, so a lone
-    leftover row sits the epoch out (a new one each epoch, as the order is reshuffled); schedules count these."""
-    bounds = [(start, min(start + batch_size, images)) for start in range(0, images, batch_size)]
-    return [(start, stop) for start, stop in bounds if stop - start >= 2]
+@dataclass(frozen=True)
+class EpochBatches:
+    """The row indexes of every training step of `epochs` shuffled passes over `images` rows, seeded, and their count
+    (what the lr schedule needs). Train-mode BN needs two rows a batch, so a lone leftover row sits the epoch out (a
+    new one each epoch, as the order is reshuffled)."""
+
+    images: int
+    batch_size: int
+    epochs: int
+    seed: int
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        bounds = [(start, min(start + self.batch_size, self.images)) for start in range(0, self.images, self.batch_size)]
+        return [(start, stop) for start, stop in bounds if stop - start >= 2]
+
+    def __len__(self) -> int:
+        return self.epochs * len(self._bounds())
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        shuffle, bounds = torch.Generator().manual_seed(self.seed), self._bounds()
+        for _ in range(self.epochs):
+            order = torch.randperm(self.images, generator=shuffle)
+            for start, stop in bounds:
+                yield order[start:stop]
 
 
 def linear_head(feature_dim: int, num_classes: int) -> nn.Sequential:
@@ -95,25 +115,21 @@ def linear_eval(
     """Top-1/top-5 (%) on `test_features` (h of the test centre views) of a linear layer trained with SGD on h of
     random crops of the uint8 `train_images`; the encoder runs frozen, `extract_batch` images at a time."""
     epochs, batch_size, lr = settings.resolve(len(train_images))
-    bounds = train_mode_batches(len(train_images), batch_size)
+    batches = EpochBatches(len(train_images), batch_size, epochs, settings.seed)
     torch.manual_seed(settings.seed)
     head = linear_head(test_features.shape[1], num_classes).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=settings.weight_decay)
-    scheduler = warmup_cosine_scheduler(optimizer, epochs * len(bounds), 0)
-    augment = crop_and_flip(train_images.shape[-1])
-    generator, shuffle = torch.Generator(device=device).manual_seed(settings.seed), torch.Generator().manual_seed(settings.seed)
+    scheduler = warmup_cosine_scheduler(optimizer, len(batches), 0)
+    augment, generator = crop_and_flip(train_images.shape[-1]), torch.Generator(device=device).manual_seed(settings.seed)
     head.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(train_images), generator=shuffle)
-        for start, stop in bounds:
-            index = order[start:stop]
-            views = augment(train_images[index].to(device), generator)
-            features = extract_features(encoder, views, device, extract_batch, dtype).to(device)
-            loss = F.cross_entropy(head(features), train_labels[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+    for index in batches:
+        views = augment(train_images[index].to(device), generator)
+        features = extract_features(encoder, views, device, extract_batch, dtype).to(device)
+        loss = F.cross_entropy(head(features), train_labels[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
     head.eval()
     with torch.no_grad():
         scores = head(test_features.to(device)).cpu()
