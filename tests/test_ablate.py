@@ -126,3 +126,16 @@ def test_bad_input_is_one_line(argv: list[str], message: str) -> None:
     done = subprocess.run([sys.executable, "-m", "torchclr", *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_paper_s_numbers_in_a_bar_plot_stand_over_their_own_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchclr.ablate.report import _pyplot, bars
+
+    plt = _pyplot()
+    monkeypatch.setattr(plt, "close", lambda figure: None)  # keep the figure to read its lines back
+    ours = Summary(30.0, 1.0, 3, 0.6)
+    bars(["first", "second", "third"], [ours, None, ours], "t", tmp_path / "bars.png", {"third": 63.9, "first": 50.9})
+    paper_line = plt.gcf().axes[1].lines[0].get_ydata()
+    plt.close("all")
+    assert paper_line[0] == 50.9 and paper_line[2] == 63.9 and paper_line[1] != paper_line[1]  # NaN where the paper has none
+    assert (tmp_path / "bars.png").exists()

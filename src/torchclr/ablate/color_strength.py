@@ -24,7 +24,7 @@ def section(results: list[dict[str, Any]], budget: Budget, figures: Figures) -> 
     rows = [(label, stats[label].shown() if label in stats else ("diverged" if label in failed else "-"), paper)
             for label, paper in zip(LABELS, PAPER)]
     path, link = figures.png("color-strength", budget, "bars")
-    bars(LABELS, [stats.get(label) for label in LABELS], "colour distortion strength s", path, PAPER)
+    bars(LABELS, [stats.get(label) for label in LABELS], "colour distortion strength s", path, dict(zip(LABELS, PAPER)))
     return "\n\n".join([
         table(("colour distortion", "ours: kNN top-1 % (mean ± sd over seeds)", "paper: linear top-1 % (Table 1)"), rows),
         f"![colour strength]({link})",

@@ -68,7 +68,7 @@ def section(results: list[dict[str, Any]], budget: Budget, figures: Figures) -> 
                          else ("diverged" if _xent(tau, l2) in diverged(results) else "-"), PAPER_TEMPERATURES.get((l2, tau), "-"))
                         for l2, taus in ((True, NORMALISED_TAUS), (False, DOT_PRODUCT_TAUS)) for tau in taus]
     path, link = figures.png("loss", budget, "bars")
-    bars(list(best), [summary for _, summary in best.values()], "loss (best setting of each grid)", path, list(PAPER_LOSSES.values()))
+    bars(list(best), [summary for _, summary in best.values()], "loss (best setting of each grid)", path, PAPER_LOSSES)
     _, normalised = _best(stats, [_xent(tau, True) for tau in NORMALISED_TAUS])
     _, dot_product = _best(stats, [_xent(tau, False) for tau in DOT_PRODUCT_TAUS])
     return "\n\n".join([

@@ -7,7 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def bars(labels: Sequence[str], summaries: Sequence[Summary | None], title: str, path: Path,
-         paper: Sequence[float | None] | None = None) -> None:
-    """Mean kNN top-1 per setting with its seed spread (sd) as error bars; the paper's numbers on a second axis."""
+         paper: Mapping[str, float] | None = None) -> None:
+    """Mean kNN top-1 per setting with its seed spread (sd) as error bars; the paper's number of each label (looked
+    up by label, so that the two cannot drift apart) on a second axis."""
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(max(4.5, 0.75 * len(labels) + 2), 3.4))
     positions = range(len(labels))
@@ -83,9 +84,9 @@ def bars(labels: Sequence[str], summaries: Sequence[Summary | None], title: str,
     finite = [m for m in means if not math.isnan(m)]
     if finite:
         axis.set_ylim(max(0.0, min(finite) - 8), max(finite) + 5)
-    if paper and any(p is not None for p in paper):
+    if paper and any(label in paper for label in labels):
         other = axis.twinx()
-        other.plot(list(positions), [p if p is not None else float("nan") for p in paper], "o--", color="tab:orange",
+        other.plot(list(positions), [paper.get(label, float("nan")) for label in labels], "o--", color="tab:orange",
                    label="paper (linear top-1)")
         other.set_ylabel("paper's top-1 %", color="tab:orange")
     axis.grid(axis="y", alpha=0.3)
