@@ -139,3 +139,18 @@ def test_the_paper_s_numbers_in_a_bar_plot_stand_over_their_own_labels(tmp_path:
     plt.close("all")
     assert paper_line[0] == 50.9 and paper_line[2] == 63.9 and paper_line[1] != paper_line[1]  # NaN where the paper has none
     assert (tmp_path / "bars.png").exists()
+
+
+def test_a_broken_image_drawn_into_the_subset_is_skipped_and_counted(tmp_path: Path, tiny_folder: Path) -> None:
+    import dataclasses
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    first = sorted((data / "train" / "circle").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:40])  # a file cut short, under its own name
+    said: list[str] = []
+    every_image = dataclasses.replace(TINY, train_images=64)  # all 32 of each class drawn, the broken one with them
+    subset = prepare_subset(str(data), tmp_path / "out", every_image, say=said.append)
+    written = sum(len(list((subset / "train" / name).iterdir())) for name in ("circle", "stripes"))
+    assert written == 63 and len(said) == 1 and "skipped 1 images" in said[0] and first.name in said[0]

@@ -34,7 +34,7 @@ def ablate(studies: list[str], budget: Budget, seeds: tuple[int, ...], data: str
     PNGs in the folder named after it, covering every study and budget with results in `out`."""
     budget = dataclasses.replace(budget, seeds=seeds)
     load_before = _load()
-    subset = prepare_subset(data, out, budget)
+    subset = prepare_subset(data, out, budget, say=say)
     random_baseline(subset, budget, out, device)
     if run and command:
         with (out / "commands.txt").open("a") as handle:  # the report names the commands that made its results

@@ -123,11 +123,13 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}"
 
 
-def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0) -> Path:
-    """A folder train/CLASS/*.png, test/CLASS/*.png of a class-balanced, seeded subset of `data`, written once."""
+def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Callable[[str], Any] = print) -> Path:
+    """A folder train/CLASS/*.png, test/CLASS/*.png of a class-balanced, seeded subset of `data`, written once. A drawn
+    image that cannot be decoded is left out of its class and counted, as pretraining skips them."""
     import torch
     from PIL import Image
 
+    from torchclr.data.skips import BadFile
     from torchclr.data.sources import open_images
 
     folder = root / f"subset-{budget.train_images}-{budget.test_images}"
@@ -137,6 +139,7 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0) -> Path
             raise UserError(f"{folder} was made from other data; use another --out for --data {data}")
         return folder
     shutil.rmtree(folder, ignore_errors=True)
+    skipped: list[str] = []
     for split, wanted in (("train", budget.train_images), ("test", budget.test_images)):
         images = open_images(data, split)
         if not images.labelled:
@@ -149,8 +152,14 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0) -> Path
             chosen = members[torch.randperm(len(members), generator=generator)[:per_class]]
             (folder / split / name).mkdir(parents=True, exist_ok=True)
             for index in chosen.tolist():
-                pixels = images.image(index).permute(1, 2, 0).contiguous().numpy()
+                try:
+                    pixels = images.image(index).permute(1, 2, 0).contiguous().numpy()
+                except BadFile as bad:
+                    skipped.append(str(bad))
+                    continue
                 Image.fromarray(pixels).save(folder / split / name / f"{index:06d}.png")
+    if skipped:
+        say(f"subset of --data {data}: skipped {len(skipped)} images that could not be decoded (first: {skipped[0]})")
     done.write_text(json.dumps({"data": data}))
     return folder
 
