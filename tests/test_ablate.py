@@ -14,6 +14,7 @@ import pytest
 from torchclr.ablate import STUDIES, ablate, runner
 from torchclr.ablate.report import Summary, verdict
 from torchclr.ablate.runner import Budget, Cell, prepare_subset, read_results, run_cell, run_cells
+from torchclr.errors import UserError
 
 TINY = Budget("quick", train_images=16, test_images=8, epochs=1, batch_size=8, seeds=(0,), image_size=16,
               head_dims=(8,), batch_sizes=(4, 8), epoch_grid=(1,), about="test")
@@ -154,3 +155,15 @@ def test_a_broken_image_drawn_into_the_subset_is_skipped_and_counted(tmp_path: P
     subset = prepare_subset(str(data), tmp_path / "out", every_image, say=said.append)
     written = sum(len(list((subset / "train" / name).iterdir())) for name in ("circle", "stripes"))
     assert written == 63 and len(said) == 1 and "skipped 1 images" in said[0] and first.name in said[0]
+
+
+def test_a_folder_smaller_than_the_budget_s_largest_batch_is_refused_naming_data_and_budget(
+        tmp_path: Path, tiny_folder: Path) -> None:
+    import dataclasses
+
+    too_big = dataclasses.replace(TINY, train_images=1_000, batch_sizes=(8, 100))  # 64 training images exist
+    with pytest.raises(UserError) as caught:
+        prepare_subset(str(tiny_folder), tmp_path, too_big)
+    message = str(caught.value)
+    assert f"--data {tiny_folder}" in message and "64 usable training images" in message
+    assert "(100)" in message and "--budget quick" in message

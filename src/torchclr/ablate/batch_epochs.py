@@ -45,6 +45,7 @@ def section(results: list[dict[str, Any]], budget: Budget, figures: Figures) -> 
           "batch size x training epochs", "batch size (images)", path, log_x=True)
     short, long = grid[0], grid[-1]
     chunked = [b for b in batches if b > 2 * budget.batch_size]
+    usual = budget.batch_size if budget.batch_size in batches else batches[0]
     return "\n\n".join([
         table(("batch", *(f"{e} epochs: kNN top-1 %" for e in grid)), rows),
         f"Paper: {PAPER_NOTE}. Ours: LARS with the square-root lr rule (base {_sqrt_scaled_lr(budget):.3g} x sqrt(B)); "
@@ -54,8 +55,7 @@ def section(results: list[dict[str, Any]], budget: Budget, figures: Figures) -> 
         f"![batch and epochs]({link})",
         "- " + verdict(stats.get(_name(batches[-1], short)), stats.get(_name(batches[0], short)),
                        f"at {short} epochs the largest batch ({batches[-1]}) beats the smallest ({batches[0]})"),
-        "- " + verdict(stats.get(_name(budget.batch_size if budget.batch_size in batches else batches[0], long)),
-                       stats.get(_name(budget.batch_size if budget.batch_size in batches else batches[0], short)),
+        "- " + verdict(stats.get(_name(usual, long)), stats.get(_name(usual, short)),
                        f"training longer ({long} over {short} epochs) helps"),
     ])
 

@@ -158,6 +158,11 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
                     skipped.append(str(bad))
                     continue
                 Image.fromarray(pixels).save(folder / split / name / f"{index:06d}.png")
+        written = sum(1 for _ in (folder / split).rglob("*.png"))
+        largest = max(budget.batch_size, *budget.batch_sizes)
+        if split == "train" and written < largest:
+            raise UserError(f"--data {data}: {written} usable training images, fewer than the largest batch ({largest}) "
+                            f"of --budget {budget.name}; use more images or a smaller --budget")
     if skipped:
         say(f"subset of --data {data}: skipped {len(skipped)} images that could not be decoded (first: {skipped[0]})")
     done.write_text(json.dumps({"data": data}))
