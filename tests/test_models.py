@@ -51,3 +51,32 @@ def test_simclr_returns_h_and_z() -> None:
 def test_unknown_choices_are_user_errors(call) -> None:
     with pytest.raises(UserError):
         call()
+
+
+@pytest.mark.parametrize(("cifar_stem", "size"), [(False, 16), (False, 17), (False, 32), (False, 48), (True, 4), (True, 5), (True, 16)])
+def test_layer4_input_side_is_what_layer4_receives(cifar_stem: bool, size: int) -> None:
+    from torchclr.models.encoders import layer4_input_side
+
+    encoder = build_encoder("resnet18", size, cifar_stem).eval()
+    seen: list[int] = []
+    layer4 = next(module for name, module in encoder.named_modules() if name.endswith("layer4"))
+    layer4.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[-1]))
+    with torch.no_grad():
+        encoder(torch.zeros(1, 3, size, size))
+    assert seen == [layer4_input_side("resnet18", size, cifar_stem)]
+
+
+def test_bf16_on_the_cpu_falls_back_to_fp32_where_layer4_sees_a_1x1_map() -> None:
+    """PyTorch 2.14's bf16 weight gradient of a strided conv on a 1x1 input reads uninitialised memory (NaN in
+    about one process in five at 16 px with the ImageNet stem), so such runs train in fp32."""
+    from torchclr.config import PretrainConfig
+    from torchclr.train import _safe_autocast_dtype
+
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    tiny = PretrainConfig(image_size=16, cifar_stem=False)
+    assert _safe_autocast_dtype(tiny, bf16, cpu) is None
+    assert _safe_autocast_dtype(PretrainConfig(image_size=32, cifar_stem=False), bf16, cpu) is bf16
+    assert _safe_autocast_dtype(tiny, bf16, torch.device("cuda")) is bf16
+    assert _safe_autocast_dtype(tiny, None, cpu) is None
+    staged = PretrainConfig(image_size=48, cifar_stem=False, resolution_schedule="16@0,48@0.5")
+    assert _safe_autocast_dtype(staged, bf16, cpu) is None

@@ -43,7 +43,7 @@ from torchclr.guard import DivergedError, FiniteGuard
 from torchclr.interrupt import Interrupted, StopSignals
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
-from torchclr.models.encoders import CUSTOM_ARCH
+from torchclr.models.encoders import CUSTOM_ARCH, layer4_input_side
 from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
 from torchclr.runlog import RunLog
 from torchclr.transforms.batched import StagedAugment
@@ -71,6 +71,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def _safe_autocast_dtype(config: PretrainConfig, dtype: torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """fp32 instead of bf16 on the CPU when a ResNet's layer 4 gets a 1x1 map (ImageNet stem at <= 16 px, CIFAR stem
+    at <= 4 px, at any stage): PyTorch 2.14's bf16 weight gradient of a strided conv on a 1x1 input reads
+    uninitialised memory there (NaN or garbage, differing between processes; tests/test_models.py pins it)."""
+    schedule = config.resolution()
+    smallest = min(schedule.sizes) if schedule is not None else config.image_size
+    if dtype != torch.bfloat16 or device.type != "cpu" or layer4_input_side(config.arch, smallest, config.cifar_stem) != 1:
+        return dtype
+    _say(f"note: --precision bf16 on the CPU computes wrong gradients when layer 4 sees a 1x1 map ({smallest} px views); "
+         "training in fp32")
+    return None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -331,6 +344,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     sizes = sample_sizes(images, seed=config.seed)
     config = _with_image_size(config, images, sizes)
     model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
+    dtype = _safe_autocast_dtype(config, dtype, device)
     batches = _view_batches(config, images, sizes, device, rank, world, run)
     labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
     monitor_every = knn_every(config, labelled) if labelled is not None else 0

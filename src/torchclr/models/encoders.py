@@ -11,6 +11,8 @@ automatically for ResNets on inputs up to 64 px. Other backbones keep their own 
 
 from __future__ import annotations
 
+import math
+
 import sys
 
 import torch
@@ -71,6 +73,14 @@ def _resnet_trunk(net: torchvision.models.ResNet, cifar_stem: bool) -> tuple[nn.
 def is_resnet_arch(arch: str) -> bool:
     """Whether `arch` names a torchvision ResNet (the only family the CIFAR stem applies to)."""
     return arch.startswith(("resnet", "wide_resnet", "resnext"))
+
+
+def layer4_input_side(arch: str, image_size: int, cifar_stem: bool | None) -> int | None:
+    """Side of the map a ResNet's layer 4 receives (None for other backbones): the ImageNet stem and layers 2-3
+    halve the side four times (rounding up), the CIFAR stem twice."""
+    if not is_resnet_arch(arch):
+        return None
+    return math.ceil(image_size / (4 if uses_cifar_stem(arch, image_size, cifar_stem) else 16))
 
 
 def uses_cifar_stem(arch: str, image_size: int, cifar_stem: bool | None) -> bool:
