@@ -80,3 +80,5 @@ def test_bf16_on_the_cpu_falls_back_to_fp32_where_layer4_sees_a_1x1_map() -> Non
     assert _safe_autocast_dtype(tiny, None, cpu) is None
     staged = PretrainConfig(image_size=48, cifar_stem=False, resolution_schedule="16@0,48@0.5")
     assert _safe_autocast_dtype(staged, bf16, cpu) is None
+    # the stem is the model's, chosen at the final size: ImageNet at 128 px, so 16 px views give layer 4 a 1x1 map
+    assert _safe_autocast_dtype(PretrainConfig(image_size=128, resolution_schedule="16@0,128@0.5"), bf16, cpu) is None

@@ -76,10 +76,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def _safe_autocast_dtype(config: PretrainConfig, dtype: torch.dtype | None, device: torch.device) -> torch.dtype | None:
     """fp32 instead of bf16 on the CPU when a ResNet's layer 4 gets a 1x1 map (ImageNet stem at <= 16 px, CIFAR stem
     at <= 4 px, at any stage): PyTorch 2.14's bf16 weight gradient of a strided conv on a 1x1 input reads
-    uninitialised memory there (NaN or garbage, differing between processes; tests/test_models.py pins it)."""
+    uninitialised memory there (NaN or garbage, differing between processes; tests/test_models.py pins the fallback)."""
     schedule = config.resolution()
     smallest = min(schedule.sizes) if schedule is not None else config.image_size
-    if dtype != torch.bfloat16 or device.type != "cpu" or layer4_input_side(config.arch, smallest, config.cifar_stem) != 1:
+    stem = uses_cifar_stem(config.arch, config.image_size, config.cifar_stem)  # the model's, chosen at the final size
+    if dtype != torch.bfloat16 or device.type != "cpu" or layer4_input_side(config.arch, smallest, stem) != 1:
         return dtype
     _say(f"note: --precision bf16 on the CPU computes wrong gradients when layer 4 sees a 1x1 map ({smallest} px views); "
          "training in fp32")

@@ -12,7 +12,6 @@ automatically for ResNets on inputs up to 64 px. Other backbones keep their own 
 from __future__ import annotations
 
 import math
-
 import sys
 
 import torch
