@@ -30,8 +30,9 @@ import torch
 from torchclr import distributed
 from torchclr.loss import build_loss
 from torchclr.models import build_simclr
-from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
-from torchclr.train import StepContext, autocast_dtype, resolve_device, training_step, wrap_for_training
+from torchclr.optim import build_optimizer, scaled_lr
+from torchclr.runtime import autocast_dtype, resolve_device, wrap_for_training
+from torchclr.step import StepContext, training_step
 
 
 def step_context(images_per_process: int, image_size: int, grad_cache_chunk: int | None) -> StepContext:
@@ -42,10 +43,9 @@ def step_context(images_per_process: int, image_size: int, grad_cache_chunk: int
     model, forward_model = wrap_for_training(model, device, sync_bn=True, compile=False)
     global_batch = images_per_process * distributed.world_size()
     optimizer = build_optimizer(model, "lars", lr=scaled_lr(0.3, global_batch, "linear"), weight_decay=1e-6, momentum=0.9)
-    scheduler = warmup_cosine_scheduler(optimizer, 1000, 10)
-    return StepContext(forward_model, build_loss("nt_xent", 0.5, 1.0), optimizer, scheduler,
-                       torch.amp.GradScaler(device.type, enabled=False), device, autocast_dtype("bf16", device), True,
-                       grad_cache_chunk)
+    return StepContext(model=forward_model, loss_fn=build_loss("nt_xent", 0.5, 1.0), optimizer=optimizer,
+                       scaler=torch.amp.GradScaler(device.type, enabled=False), device=device,
+                       dtype=autocast_dtype("bf16", device), channels_last=True, grad_cache_chunk=grad_cache_chunk)
 
 
 def synthetic_views(images: int, image_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from torchclr.config import PretrainConfig
-from torchclr.train import pretrain
+from torchclr import pretrain
 
 MODES = ("batched", "per-image")
 LOSS_TOLERANCE = 0.02  # relative

@@ -28,8 +28,9 @@ import torch
 from torchclr import memory
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr
-from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
-from torchclr.train import StepContext, autocast_dtype, resolve_device, training_step
+from torchclr.optim import build_optimizer, scaled_lr
+from torchclr.runtime import autocast_dtype, resolve_device
+from torchclr.step import StepContext, training_step
 
 
 def step_context(arch: str, image_size: int, batch: int, chunk: int | None) -> tuple[StepContext, SimCLR]:
@@ -38,8 +39,9 @@ def step_context(arch: str, image_size: int, batch: int, chunk: int | None) -> t
     torch.manual_seed(0)
     model = build_simclr(arch, image_size, None, "mlp", 2, 128).to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, "lars", lr=scaled_lr(1.0, batch, "linear"), weight_decay=1e-6, momentum=0.9)
-    ctx = StepContext(model, build_loss("nt_xent", 0.5, 1.0), optimizer, warmup_cosine_scheduler(optimizer, 1000, 10),
-                      torch.amp.GradScaler(device.type, enabled=False), device, autocast_dtype("bf16", device), True, chunk)
+    ctx = StepContext(model=model, loss_fn=build_loss("nt_xent", 0.5, 1.0), optimizer=optimizer,
+                      scaler=torch.amp.GradScaler(device.type, enabled=False), device=device,
+                      dtype=autocast_dtype("bf16", device), channels_last=True, grad_cache_chunk=chunk)
     return ctx, model
 
 

@@ -15,7 +15,7 @@ import torch
 
 from torchclr.config import PretrainConfig, from_dict, load_yaml
 from torchclr.models import build_simclr
-from torchclr.train import export_encoder
+from torchclr.pretrained import save_encoder
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     config: PretrainConfig = from_dict(load_yaml(args.config), f"config {args.config}")
     torch.manual_seed(args.seed)
     model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim)
-    export_encoder(Path(args.out), model, config)
+    save_encoder(Path(args.out), model, config)
     print(f"wrote {args.out}: random {config.arch} at {config.image_size} px")
 
 

@@ -86,7 +86,7 @@ steps, measure, argv, report = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:-1
 import torchclr.train as train
 from torchclr.cli import main
 marks = {}
-original = train._view_batches
+original = train.build_view_batches
 
 def cut_short(*args, **kwargs):
     batches = original(*args, **kwargs)
@@ -107,7 +107,7 @@ def cut_short(*args, **kwargs):
     batches.epoch = epoch
     return batches
 
-train._view_batches = cut_short
+train.build_view_batches = cut_short
 code = main(["pretrain", *argv])
 marks["exit"] = code
 marks["total_s"] = time.perf_counter() - started

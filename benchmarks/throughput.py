@@ -37,8 +37,9 @@ from torchclr.data.loaders import BatchedViews, default_workers
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_encoder, build_simclr
-from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
-from torchclr.train import StepContext, autocast_dtype, resolve_device, seed_everything, training_step, wrap_for_training
+from torchclr.optim import build_optimizer, scaled_lr
+from torchclr.runtime import autocast_dtype, resolve_device, seed_everything, wrap_for_training
+from torchclr.step import StepContext, training_step
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
 SAMPLE = "sample"
@@ -74,13 +75,11 @@ class Torchclr:
         model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
         lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
         optimizer = build_optimizer(model, config.optimizer, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum)
-        steps = self.views.steps_per_epoch
-        scheduler = warmup_cosine_scheduler(optimizer, steps * config.epochs, round(config.warmup_epochs * steps))
-        _, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
+        _, forward_model = wrap_for_training(model, device, sync_bn=config.sync_bn, compile=config.compile)
         self.ctx = StepContext(
-            forward_model, build_loss(config.loss, config.temperature, config.margin),
-            optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), device,
-            autocast_dtype(config.precision, device), config.channels_last,
+            model=forward_model, loss_fn=build_loss(config.loss, config.temperature, config.margin), optimizer=optimizer,
+            scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), device=device,
+            dtype=autocast_dtype(config.precision, device), channels_last=config.channels_last,
         )
 
     def batches(self, round_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

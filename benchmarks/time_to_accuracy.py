@@ -33,7 +33,7 @@ from torchclr.data.sources import open_images
 from torchclr.evaluate.monitor import LabelledEval, evaluate_encoders
 from torchclr.models import build_encoder
 from torchclr.pretrained import load_encoder
-from torchclr.train import export_encoder
+from torchclr.pretrained import save_encoder
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
 LIGHTLY = PretrainConfig(arch="resnet18", cifar_stem=True, image_size=32, batch_size=256, precision="fp32", temperature=0.5,
@@ -64,7 +64,7 @@ def train_lightly(data: str, budget: float, out: Path, workers: int) -> None:
         if time.perf_counter() - start >= budget:
             break
     seconds = time.perf_counter() - start
-    export_encoder(out / "encoder.safetensors", contender.model, LIGHTLY)
+    save_encoder(out / "encoder.safetensors", contender.model, LIGHTLY)
     (out / "trained.json").write_text(json.dumps({"steps": steps, "seconds": seconds, "pairs": steps * LIGHTLY.batch_size}))
     print(f"lightly: {steps} steps of {LIGHTLY.batch_size} in {seconds:.0f} s", flush=True)
 

@@ -14,7 +14,7 @@ import torch
 from torchclr import budget as budget_module
 from torchclr.budget import TimeBudget, parse_duration
 from torchclr.errors import UserError
-from torchclr.optim.schedule import warmup_cosine_scheduler
+from torchclr.optim.schedule import warmup_cosine
 from torchclr.transforms.resolution import ResolutionSchedule
 
 TINY = ["--batch-size", "8", "--image-size", "16", "--knn-every", "0", "--no-final-report", "--no-progress",
@@ -48,24 +48,21 @@ def _simulate(monkeypatch: pytest.MonkeyPatch, seconds: float, step_seconds: dic
     Returns (the seconds used, the steps run, the lr multiplier at the last step)."""
     clock = _FakeClock()
     monkeypatch.setattr(budget_module.time, "perf_counter", clock)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine_scheduler(optimizer, budget_module.UNPLANNED_STEPS, 10)
     plan = TimeBudget(seconds)
-    plan.configure(scheduler, steps_per_epoch, 10, schedule)
-    plan.start()
-    step, stage_of = 0, schedule.stage_at if schedule else (lambda s, t: 0)
-    while not plan.finished(step):
-        total = plan.planned_steps or budget_module.UNPLANNED_STEPS
-        clock.now += first_step_seconds if step == 0 else step_seconds[stage_of(step, total)]
-        optimizer.step()
-        scheduler.step()
+    plan.configure(steps_per_epoch=steps_per_epoch, warmup_steps=10, schedule=schedule, device=torch.device("cpu"))
+    plan.start(0)
+    step, stage, multiplier = 0, 0, 1.0
+    while not plan.done(step):
+        if schedule is not None and plan.total_steps is not None:
+            stage = max(stage, schedule.stage_at(step, plan.total_steps))  # as StagedAugment.set_step keeps it
+        clock.now += first_step_seconds if step == 0 else step_seconds[stage]
+        multiplier = warmup_cosine(step, plan.total_steps, plan.warmup_steps)  # the lr the loop sets for this step
         step += 1
-        plan.after_step(step, 0, torch.device("cpu"))
-        if step % steps_per_epoch == 0 and not plan.finished(step):
+        plan.after_step(step)
+        if step % steps_per_epoch == 0 and not plan.done(step):
             with plan.overhead():
                 clock.now += epoch_end_seconds
-    last_multiplier = scheduler.lr_lambdas[0](step - 1)
-    return plan.elapsed(), step, last_multiplier
+    return plan.elapsed(), step, multiplier
 
 
 def test_plan_fills_the_budget_at_a_steady_rate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,16 +86,14 @@ def test_a_slower_machine_moves_the_end(monkeypatch: pytest.MonkeyPatch) -> None
     rates = iter([0.1] * 60 + [0.4] * 10_000)
     clock = _FakeClock()
     monkeypatch.setattr(budget_module.time, "perf_counter", clock)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine_scheduler(optimizer, budget_module.UNPLANNED_STEPS, 0)
     plan = TimeBudget(60.0)
-    plan.configure(scheduler, 20, 0, None)
-    plan.start()
+    plan.configure(steps_per_epoch=20, warmup_steps=0, schedule=None, device=torch.device("cpu"))
+    plan.start(0)
     step = 0
-    while not plan.finished(step):
+    while not plan.done(step):
         clock.now += next(rates)
         step += 1
-        plan.after_step(step, 0, torch.device("cpu"))
+        plan.after_step(step)
     assert 60.0 - 2 * 0.4 <= plan.elapsed() <= 60.0 + 0.4 * plan.replan_every
 
 
@@ -106,11 +101,11 @@ def test_a_resumed_budget_counts_the_time_already_spent() -> None:
     plan = TimeBudget(60.0)
     plan.resume_from({"seconds": 60.0, "spent_s": 45.0, "planned_steps": 300}, "ckpt")
     assert plan.remaining() == pytest.approx(15.0) and plan.planned_steps == 300
-    assert not plan.finished(300)  # a saved plan shapes the schedule, but only this run's own plans end it
+    assert not plan.done(300)  # a saved plan shapes the schedule, but only this run's own plans end it
     spent = TimeBudget(60.0)
     spent.resume_from({"seconds": 60.0, "spent_s": 61.0, "planned_steps": 300}, "ckpt")
     with pytest.raises(UserError, match="--time-budget 1m00s was used up before this resume"):
-        spent.start()
+        spent.start(0)
     with pytest.raises(UserError, match="ckpt has a malformed time budget"):
         TimeBudget(60.0).resume_from({"spent_s": "x"}, "ckpt")
 

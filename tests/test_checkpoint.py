@@ -60,21 +60,18 @@ def test_optimizer_state_survives_the_round_trip(tmp_path: Path) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5)
-    checkpoint.save_training(tmp_path / "t.safetensors", model, optimizer, scheduler, None, {"epoch": 1, "step": 1, "model": {"arch": "resnet18", "cifar_stem": True}, "config": {}})
+    checkpoint.save_training(tmp_path / "t.safetensors", model, optimizer, 0.25, None, {"epoch": 1, "step": 1, "model": {"arch": "resnet18", "cifar_stem": True}, "config": {}})
     tensors, meta = checkpoint.load(tmp_path / "t.safetensors")
     fresh = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
-    fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 0.5)
-    checkpoint.restore_training(tensors, meta, fresh, fresh_scheduler, None)
+    assert checkpoint.restore_training(tensors, meta, fresh, None) == 0.25  # the peak lr comes back
     for key, value in optimizer.state_dict()["state"][0].items():
         assert torch.equal(fresh.state_dict()["state"][0][key], value)
     assert json.dumps(fresh.state_dict()["param_groups"]) == json.dumps(optimizer.state_dict()["param_groups"])
 
 
 def _training_checkpoint(tmp_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Path:
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     path = tmp_path / "t.safetensors"
-    checkpoint.save_training(path, model, optimizer, scheduler, None, {"epoch": 1, "step": 1, "model": {"arch": "resnet18", "cifar_stem": True}, "config": {}})
+    checkpoint.save_training(path, model, optimizer, 0.1, None, {"epoch": 1, "step": 1, "model": {"arch": "resnet18", "cifar_stem": True}, "config": {}})
     return path
 
 
@@ -92,7 +89,7 @@ def test_momentum_comes_back_in_the_parameters_memory_format(tmp_path: Path) -> 
     tensors, meta = checkpoint.load(_training_checkpoint(tmp_path, model, optimizer))
     fresh = channels_last_model()
     fresh_optimizer = build_optimizer(fresh, "lars", lr=0.1, weight_decay=1e-6, momentum=0.9)
-    checkpoint.restore_training(tensors, meta, fresh_optimizer, torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda s: 1.0), None)
+    checkpoint.restore_training(tensors, meta, fresh_optimizer, None)
     convolutions = [p for p in fresh.parameters() if p.ndim == 4]
     assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
     for param, saved in zip(fresh.parameters(), model.parameters(), strict=True):

@@ -10,8 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchclr.loss import NTXentLoss
 from torchclr.models import build_simclr
-from torchclr.optim import build_optimizer, warmup_cosine_scheduler
-from torchclr.train import StepContext, training_step
+from torchclr.optim import build_optimizer
+from torchclr.step import StepContext, training_step
 
 
 class OpLog(TorchDispatchMode):
@@ -54,8 +54,8 @@ def test_training_step_runs_the_convolutions_in_bf16_and_channels_last() -> None
     torch.manual_seed(0)
     model = build_simclr("resnet18", 32, False, "mlp", 2, 16).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, "lars", lr=0.1, weight_decay=1e-6, momentum=0.9)
-    ctx = StepContext(model, NTXentLoss(0.5), optimizer, warmup_cosine_scheduler(optimizer, 10, 1),
-                      torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), torch.bfloat16, True)
+    ctx = StepContext(model=model, loss_fn=NTXentLoss(0.5), optimizer=optimizer, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                      device=torch.device("cpu"), dtype=torch.bfloat16, channels_last=True)
     first, second = torch.rand(2, 4, 3, 32, 32)
     with OpLog() as log:
         loss = training_step(ctx, first, second)

@@ -127,15 +127,16 @@ def test_the_automatic_chunk_gives_the_unchunked_loss_and_gradients(monkeypatch:
     (BN in eval mode) has the loss, gradients and updated weights of the unchunked step."""
     from torchclr import memory
     from torchclr.models import build_simclr
-    from torchclr.optim import build_optimizer, warmup_cosine_scheduler
-    from torchclr.train import StepContext, training_step
+    from torchclr.optim import build_optimizer
+    from torchclr.step import StepContext, training_step
 
     def context() -> StepContext:
         torch.manual_seed(0)
         model = build_simclr("resnet18", 8, True, "mlp", 2, 16).eval()
         optimizer = build_optimizer(model, "lars", lr=0.5, weight_decay=1e-6, momentum=0.9)
-        return StepContext(model, build_loss("nt_xent", 0.5, 1.0), optimizer, warmup_cosine_scheduler(optimizer, 10, 0),
-                           torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), None, False)
+        return StepContext(model=model, loss_fn=build_loss("nt_xent", 0.5, 1.0), optimizer=optimizer,
+                           scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), dtype=None,
+                           channels_last=False)
 
     # A step of n images needs 100 MiB + 10 MiB x n; 170 MiB of plan leave room for 7 images, so 16 run as 3 chunks of 6.
     mib = 2**20

@@ -19,8 +19,8 @@ from torch import nn
 from torchclr.evaluate import accuracy, extract_features, knn_predict
 from torchclr.loss import build_loss
 from torchclr.models import build_simclr
-from torchclr.optim import build_optimizer, warmup_cosine_scheduler
-from torchclr.train import StepContext, training_step
+from torchclr.optim import build_optimizer, set_learning_rate, warmup_cosine
+from torchclr.step import StepContext, training_step
 from torchclr.transforms import AugmentSpec, BatchAugment
 
 SIDE, TRAIN, TEST = 16, 512, 256
@@ -71,17 +71,20 @@ def pretrained_encoder(seed: int) -> nn.Module:
     model = build_simclr("custom", SIDE, None, "mlp", 2, 32, tiny_encoder())
     steps = EPOCHS * (TRAIN // BATCH)
     optimizer = build_optimizer(model, "adamw", lr=2e-3, weight_decay=1e-6, momentum=0.9)
-    ctx = StepContext(model, build_loss("nt_xent", 0.2, 1.0), optimizer, warmup_cosine_scheduler(optimizer, steps, TRAIN // BATCH),
-                      torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), None, False)
+    ctx = StepContext(model=model, loss_fn=build_loss("nt_xent", 0.2, 1.0), optimizer=optimizer,
+                      scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), dtype=None, channels_last=False)
     augment = BatchAugment(AugmentSpec(image_size=SIDE, crop_scale=(0.3, 1.0), jitter_strength=0.5))
     images, _ = stripes(TRAIN, 0)
     generator, shuffle = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     model.train()
+    step = 0
     for _ in range(EPOCHS):
         order = torch.randperm(TRAIN, generator=shuffle)
         for start in range(0, TRAIN - BATCH + 1, BATCH):
             first, second = augment.two_views(images[order[start : start + BATCH]], generator)
+            set_learning_rate(optimizer, 2e-3 * warmup_cosine(step, steps, TRAIN // BATCH))
             training_step(ctx, first, second)
+            step += 1
     return model.encoder
 
 

@@ -70,15 +70,15 @@ def test_bf16_on_the_cpu_falls_back_to_fp32_where_layer4_sees_a_1x1_map() -> Non
     """PyTorch 2.14's bf16 weight gradient of a strided conv on a 1x1 input reads uninitialised memory (NaN in
     about one process in five at 16 px with the ImageNet stem), so such runs train in fp32."""
     from torchclr.config import PretrainConfig
-    from torchclr.train import _safe_autocast_dtype
+    from torchclr.runtime import training_dtype
 
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     tiny = PretrainConfig(image_size=16, cifar_stem=False)
-    assert _safe_autocast_dtype(tiny, bf16, cpu) is None
-    assert _safe_autocast_dtype(PretrainConfig(image_size=32, cifar_stem=False), bf16, cpu) is bf16
-    assert _safe_autocast_dtype(tiny, bf16, torch.device("cuda")) is bf16
-    assert _safe_autocast_dtype(tiny, None, cpu) is None
+    assert training_dtype(bf16, cpu, tiny) is None
+    assert training_dtype(bf16, cpu, PretrainConfig(image_size=32, cifar_stem=False)) is bf16
+    assert training_dtype(bf16, torch.device("cuda"), tiny) is bf16
+    assert training_dtype(None, cpu, tiny) is None
     staged = PretrainConfig(image_size=48, cifar_stem=False, resolution_schedule="16@0,48@0.5")
-    assert _safe_autocast_dtype(staged, bf16, cpu) is None
+    assert training_dtype(bf16, cpu, staged) is None
     # the stem is the model's, chosen at the final size: ImageNet at 128 px, so 16 px views give layer 4 a 1x1 map
-    assert _safe_autocast_dtype(PretrainConfig(image_size=128, resolution_schedule="16@0,128@0.5"), bf16, cpu) is None
+    assert training_dtype(bf16, cpu, PretrainConfig(image_size=128, resolution_schedule="16@0,128@0.5")) is None

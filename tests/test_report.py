@@ -15,7 +15,8 @@ from carry_fixtures import TINY_RUN, trained_run  # noqa: F401 (a fixture)
 
 from torchclr.cli import main
 from torchclr.config import PretrainConfig
-from torchclr.data.loaders import BatchedViews
+from torchclr.data.pipeline import build_view_batches
+from torchclr.data.plan import sample_sizes
 from torchclr.data.sources import open_images
 from torchclr.report import build_report
 from torchclr.report.build import first_batch_views
@@ -37,11 +38,16 @@ def test_report_of_a_labelled_run(trained_run: Path) -> None:  # noqa: F811
     assert "PCA" in page.read_text()
 
 
-def test_preview_views_are_those_of_the_first_training_step(tiny_folder: Path) -> None:
-    config = PretrainConfig(data=str(tiny_folder), batch_size=16, seed=5, image_size=32)
+@pytest.mark.parametrize("schedule", [None, "16@0,32@0.5"])
+def test_preview_views_are_those_of_the_first_training_step(tiny_folder: Path, schedule: str | None) -> None:
+    """The views training drew at its first step, from the same pipeline: at the first resolution stage's size."""
+    config = PretrainConfig(data=str(tiny_folder), batch_size=16, seed=5, image_size=32, resolution_schedule=schedule)
     originals, one, two = first_batch_views(config, pairs=8)
-    training = BatchedViews(open_images(config.data, "train"), config.augment_spec(), 16, torch.device("cpu"), config.seed)
+    images = open_images(config.data, "train")
+    training = build_view_batches(config, images, sample_sizes(images), torch.device("cpu"), rank=0, world=1)
+    training.set_step(0, 100)
     first, second = next(training.epoch(0))
+    assert one.shape == (8, 3, 16, 16) if schedule else one.shape == (8, 3, 32, 32)
     assert torch.equal(one, first[:8]) and torch.equal(two, second[:8])
     assert originals.shape == (8, 3, 32, 32) and originals.dtype == torch.uint8
 

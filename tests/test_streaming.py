@@ -26,9 +26,8 @@ from torchclr.errors import UserError
 from torchclr.evaluate import logreg
 from torchclr.evaluate.monitor import EvalSplit, bank_indices
 from torchclr.models import build_encoder
-from torchclr.train import _view_batches
+from torchclr.data.pipeline import build_view_batches
 from torchclr.transforms import AugmentSpec
-from torchclr.runlog import RunLog
 from torchclr.transforms.batched import replicate_last_valid_row_and_column, sample_crop_boxes
 
 TINY = ["--batch-size", "16", "--lr", "0.3", "--warmup-epochs", "0.5", "--knn-k", "5", "--no-progress", "--seed", "3",
@@ -225,12 +224,12 @@ def test_auto_streams_a_set_too_big_for_the_memory_share(tiny_folder: Path, tmp_
     images = open_images(str(tiny_folder), "train")
     sizes = plan.sample_sizes(images)
     config = PretrainConfig(data=str(tiny_folder), image_size=16, batch_size=16, workers=0)
-    assert type(_view_batches(config, images, sizes, torch.device("cpu"), 0, 1, RunLog(tmp_path / "run", writer_enabled=False))).__name__ == "BatchedViews"
+    assert type(build_view_batches(config, images, sizes, torch.device("cpu"), rank=0, world=1)).__name__ == "BatchedViews"
     needed = len(images) * 3 * 32 * 32  # 32 px images, stored whole
     monkeypatch.setattr(plan, "available_memory", lambda: 4 * needed - 4)  # the 25% share falls one byte short
     choice = plan.choose_mode("auto", len(images), 120, sizes)
     assert choice.mode == "stream" and "more than 25%" in choice.reason
-    assert isinstance(_view_batches(config, images, sizes, torch.device("cpu"), 0, 1, RunLog(tmp_path / "run", writer_enabled=False)), StreamedViews)
+    assert isinstance(build_view_batches(config, images, sizes, torch.device("cpu"), rank=0, world=1), StreamedViews)
     monkeypatch.setattr(plan, "available_memory", lambda: 4 * needed)
     assert plan.choose_mode("auto", len(images), 120, sizes).mode == "memory"
 

@@ -20,8 +20,8 @@ from torchclr.data.loaders import BatchedViews
 from torchclr.data.sources import open_images
 from torchclr.loss import NTXentLoss
 from torchclr.models import build_simclr
-from torchclr.optim import build_optimizer, warmup_cosine_scheduler
-from torchclr.train import StepContext, training_step
+from torchclr.optim import build_optimizer
+from torchclr.step import StepContext, training_step
 from torchclr.transforms import AugmentSpec
 
 SYNCHRONISING = ("nonzero", "_local_scalar_dense", "masked_select", "unique", "_unique", "_unique2",
@@ -62,8 +62,8 @@ def step_parts(folder: Path, device: torch.device) -> tuple[Iterator[tuple[torch
     views.augment.sync_free = True  # what a GPU runs by default, traced here on the CPU
     model = build_simclr("resnet18", 16, None, "mlp", 2, 16).to(device, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, "lars", lr=0.1, weight_decay=1e-6, momentum=0.9)
-    ctx = StepContext(model, NTXentLoss(0.5), optimizer, warmup_cosine_scheduler(optimizer, 10, 1),
-                      torch.amp.GradScaler(device.type, enabled=False), device, torch.bfloat16, True)
+    ctx = StepContext(model=model, loss_fn=NTXentLoss(0.5), optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=False),
+                      device=device, dtype=torch.bfloat16, channels_last=True)
     return views.epoch(0), ctx
 
 

@@ -20,7 +20,6 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from torchclr.errors import UserError
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 
 OPTION = "--time-budget"
 FIRST_PLAN_STEP = 3  # plan after this step; the first step (allocations, kernel selection) is not timed
-UNPLANNED_STEPS = 10**9  # the schedule's length until the first plan: warm-up, or a cosine that has not yet moved
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -62,14 +60,6 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s"
 
 
-def retarget_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int, warmup_steps: int) -> None:
-    """Give a warm-up + cosine LambdaLR a new length; it applies from the next `scheduler.step()` on."""
-    from torchclr.optim.schedule import warmup_cosine
-
-    scheduler.lr_lambdas = [partial(warmup_cosine, total_steps=total_steps, warmup_steps=warmup_steps)
-                            for _ in scheduler.lr_lambdas]
-
-
 @dataclass
 class _StageClock:
     """Seconds and steps spent in one resolution stage (overheads excluded)."""
@@ -88,11 +78,12 @@ def _same_cost(stage: int) -> float:
 
 @dataclass
 class TimeBudget:
-    """The plan of a budgeted run: `configure` it once the data and the schedule exist, call `after_step` after
-    every step and wrap the work between steps in `overhead()`.
+    """A `torchclr.length.RunLength` that ends when the budget does: `configure` it once the data exist, `start`
+    it before the first step, tell it `after_step`, and wrap the work between steps in `overhead()`.
 
-    `stage_at(step, total)`: the resolution stage of a step in a run of `total` steps; `step_cost(stage)`: a step's
-    relative cost, used for stages not yet timed.
+    Until its first plan the schedule's length is unknown (`total_steps` None: warm-up, then the peak lr); from
+    then on it is the planned step count. `stage_at(step, total)`: the resolution stage of a step in a run of
+    `total` steps; `step_cost(stage)`: a step's relative cost, used for stages not yet timed.
     """
 
     seconds: float
@@ -100,25 +91,34 @@ class TimeBudget:
     started: float | None = None
     planned_steps: int | None = None
     steps_per_epoch: int = 1
-    warmup_steps: int = 0
+    warmup_asked: int = 0
     replan_every: int = 1
     stage_at: Callable[[int, int], int] = _single_stage
     step_cost: Callable[[int], float] = _same_cost
-    scheduler: Any = None
+    device: torch.device | None = None
+    epochs: None = None  # as many as fit
+    first_step: int = 0
     _planned_here: bool = False  # a plan from a checkpoint sets the schedule, but only this run's plans stop it
     _clock: dict[int, _StageClock] = field(default_factory=dict)
     _last_mark: float | None = None
     _epoch_end_seconds: list[float] = field(default_factory=list)
 
-    def configure(self, scheduler: torch.optim.lr_scheduler.LambdaLR, steps_per_epoch: int, warmup_steps: int,
-                  schedule: ResolutionSchedule | None) -> None:
-        """The run's shape: the lr schedule to re-target, its warm-up, the epoch length and resolution stages."""
-        self.scheduler, self.steps_per_epoch, self.warmup_steps = scheduler, steps_per_epoch, warmup_steps
+    def configure(self, *, steps_per_epoch: int, warmup_steps: int, schedule: ResolutionSchedule | None,
+                  device: torch.device) -> None:
+        """The run's shape: its warm-up, the epoch length, the resolution stages and the device to time."""
+        self.steps_per_epoch, self.warmup_asked, self.device = steps_per_epoch, warmup_steps, device
         self.replan_every = max(1, steps_per_epoch // 10)
         if schedule is not None:
             self.stage_at, self.step_cost = schedule.stage_at, schedule.step_cost
-        if self.planned_steps is not None:
-            retarget_schedule(scheduler, self.planned_steps, self.warmup_for(self.planned_steps))
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.planned_steps
+
+    @property
+    def warmup_steps(self) -> int:
+        """The warm-up asked for, but at most half the planned run."""
+        return self.warmup_asked if self.planned_steps is None else min(self.warmup_asked, self.planned_steps // 2)
 
     def resume_from(self, saved: Any, where: str) -> None:
         """Take the time spent and the plan from a checkpoint's `budget` entry (none: a run without a budget)."""
@@ -137,8 +137,10 @@ class TimeBudget:
     def remaining(self) -> float:
         return self.seconds - self.elapsed()
 
-    def start(self) -> None:
-        """Start the clock, just before the first step; a resumed run must have some of its budget left."""
+    def start(self, step: int) -> None:
+        """Start the clock, just before the first step (`step` done before it); a resumed run must have some of its
+        budget left."""
+        self.first_step = step
         if self.remaining() <= 0:
             raise UserError(f"{OPTION} {format_duration(self.seconds)} was used up before this resume "
                             f"({format_duration(self.spent_before)} spent); give a larger budget to train on")
@@ -152,20 +154,20 @@ class TimeBudget:
         self._epoch_end_seconds.append(time.perf_counter() - start)
         self._last_mark = time.perf_counter()
 
-    def after_step(self, global_step: int, first_step_of_run: int, device: torch.device) -> None:
+    def after_step(self, global_step: int) -> None:
         """Time the step just done; at the planning steps, plan (rank 0) and agree (all ranks)."""
         import torch
 
         from torchclr import distributed
 
-        steps_here = global_step - first_step_of_run
+        steps_here = global_step - self.first_step
         if steps_here == 1 and distributed.all_gather_objects(self.remaining() <= 0)[0]:  # rank 0's verdict for all
             raise UserError(f"{OPTION} {format_duration(self.seconds)} is too short for one step: the first step "
                             f"took {format_duration(self.elapsed() - self.spent_before)}; give a larger budget")
         planning = steps_here >= FIRST_PLAN_STEP and (steps_here == FIRST_PLAN_STEP or steps_here % self.replan_every == 0
                                                      or _power_of_two(steps_here))
-        if planning and device.type == "cuda":
-            torch.cuda.synchronize(device)  # time what the device did, not what the host queued
+        if planning and self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # time what the device did, not what the host queued
         now = time.perf_counter()
         last_step = now - (self._last_mark if self._last_mark is not None else now)
         if steps_here > 1:  # the first step's one-time costs stay out of the rate
@@ -179,14 +181,9 @@ class TimeBudget:
         if planning:
             self.planned_steps = distributed.all_gather_objects(self._plan(global_step))[0]
             self._planned_here = True
-            retarget_schedule(self.scheduler, self.planned_steps, self.warmup_for(self.planned_steps))
 
-    def finished(self, global_step: int) -> bool:
+    def done(self, global_step: int) -> bool:
         return self._planned_here and self.planned_steps is not None and global_step >= self.planned_steps
-
-    def warmup_for(self, total_steps: int) -> int:
-        """The warm-up asked for, but at most half the planned run."""
-        return min(self.warmup_steps, total_steps // 2)
 
     def _seconds_per_step(self, stage: int) -> float:
         """Measured for a stage already timed, else scaled from a timed one by the stages' relative costs."""

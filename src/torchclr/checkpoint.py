@@ -1,8 +1,10 @@
 """Checkpoints as safetensors files: tensors plus JSON metadata, written atomically, loaded without pickle.
 
-A training checkpoint holds the model, the optimiser and scheduler state, every RNG state and the step,
-so `--resume` continues bit-for-bit. Loading never unpickles anything, so a checkpoint from a stranger
-cannot run code; a file from another architecture is refused with a message naming both.
+A training checkpoint holds the model, the optimiser state, the peak learning rate, every RNG state and the
+step, so `--resume` continues bit-for-bit (the schedule is a function of the step). Checkpoints written before
+0.3 kept a LambdaLR state instead of the peak lr; they resume exactly too (`_saved_peak_lr`). Loading never
+unpickles anything, so a checkpoint from a stranger cannot run code; a file from another architecture is refused
+with a message naming both.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torchclr.guard import all_finite
 
 FORMAT = "torchclr-checkpoint-v1"
 MAX_HEADER_BYTES = 16 << 20  # torchclr's own headers are a few KiB; a larger one is not ours (or is hostile)
-REQUIRED_KEYS = {"training": ("model", "config", "epoch", "step", "optimizer", "scheduler", "rng"),
+REQUIRED_KEYS = {"training": ("model", "config", "epoch", "step", "optimizer", "rng"),
                  "encoder": ("model", "config")}
 TEMP_SUFFIX = ".tmp"
 
@@ -206,7 +208,7 @@ def save_training(
     path: str | Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    peak_lr: float,
     augment_generator: torch.Generator | None,
     info: dict[str, Any],
     scaler: torch.amp.GradScaler | None = None,
@@ -221,7 +223,7 @@ def save_training(
     metadata.update(
         kind="training",
         optimizer=optim_meta,
-        scheduler=scheduler.state_dict(),
+        schedule={"peak_lr": peak_lr},
         rng=rng_meta,
         scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     )
@@ -255,21 +257,30 @@ def restore_training(
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     augment_generator: torch.Generator | None,
     scaler: torch.amp.GradScaler | None = None,
     path: str | Path = "",
-) -> None:
-    """Optimiser, schedule, scaler and RNG states; state that does not fit them is a UserError naming `path`."""
+) -> float:
+    """Optimiser, scaler and RNG states; returns the run's peak learning rate. State that does not fit them is a
+    UserError naming `path`."""
     try:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-        scheduler.load_state_dict(meta["scheduler"])
+        peak_lr = _saved_peak_lr(meta)
         if scaler is not None and meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
         restore_rng_state(tensors, meta["rng"], augment_generator)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
         raise UserError(f"checkpoint {path} holds a malformed training state ({type(err).__name__}: {str(err)[:200]})") from None
     _match_parameter_layout(optimizer)
+    return peak_lr
+
+
+def _saved_peak_lr(meta: dict[str, Any]) -> float:
+    """The peak lr the run was scheduled with; a pre-0.3 checkpoint kept it as its LambdaLR's `base_lrs` (every
+    group had the same), which a resume restored, so it still wins over the command line's --lr."""
+    if "schedule" in meta:
+        return float(meta["schedule"]["peak_lr"])
+    return float(meta["scheduler"]["base_lrs"][0])
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:

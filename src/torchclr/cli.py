@@ -26,7 +26,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pretrain = commands.add_parser(
-        "pretrain", help="pretrain an encoder with SimCLR",
+        "pretrain", help="pretrain an encoder with SimCLR", usage="%(prog)s [--config PRESET_OR_FILE] [--resume [CHECKPOINT]] [options]",
         description="Pretrain a ResNet with SimCLR. With no options: a short run on the CIFAR-10 sample shipped with "
         "torchclr, ending with an evaluation table against random weights (--final-protocol). Every option is also a YAML key for --config.",
     )
@@ -160,7 +160,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from torchclr.evaluate.linear import LinearSettings
     from torchclr.evaluate.monitor import PROTOCOLS, LabelledEval, evaluate_encoders, format_table, random_twin
     from torchclr.pretrained import load_encoder
-    from torchclr.train import resolve_device
+    from torchclr.runtime import resolve_device
 
     if args.knn_k <= 0 or args.knn_temperature <= 0:
         raise UserError("--knn-k and --knn-temperature must be > 0")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from torchclr.budget import parse_duration
 from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from torchclr.errors import UserError
 from torchclr.transforms.resolution import ResolutionSchedule
-from torchclr.transforms.spec import AugmentSpec
+from torchclr.transforms.spec import AugmentSpec, check_augment
 
 PRESETS = ("quickstart", "cifar10", "imagenet", "cpu-budget")
 
@@ -33,9 +32,63 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+def _section_from_spec(name: str, spec: type, exclude: tuple[str, ...]) -> type:
+    """A config section with the spec's option fields (those with a help text), their defaults and help, so that
+    the options are declared once, where the code that uses them is."""
+    fields = [(f.name, f.type, field(default=f.default, metadata={"choices": None, **f.metadata}))
+              for f in dataclasses.fields(spec) if f.name not in exclude and "help" in f.metadata]
+    return dataclasses.make_dataclass(name, fields)
+
+
 @dataclass
-class PretrainConfig:
-    # data
+class ModelOptions:
+    """Encoder f and projection head g (paper sections 2.1 and 4.2)."""
+
+    arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
+                     "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
+    cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool (ResNets only); default: on for ResNets on images up to 64 px")
+    head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
+    head_layers: int = _opt(2, "layers of the mlp head")
+    proj_dim: int = _opt(128, "output size of the projection head (z)")
+
+
+@dataclass
+class LossOptions:
+    """The contrastive loss (paper section 2.1, tables 4 and 5)."""
+
+    loss: str = _opt("nt_xent", "contrastive loss", ("nt_xent", "nt_logistic", "margin_triplet"))
+    temperature: float = _opt(0.5, "temperature tau of the loss")
+    margin: float = _opt(1.0, "margin of the margin_triplet loss")
+    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
+                           "anchor than its positive (semi-hard mining, the paper's table 4)")
+    l2_normalize: bool = _opt(True, "compare z by cosine similarity (off: by dot product, the paper's table 5 ablation)")
+
+
+@dataclass
+class OptimOptions:
+    """LARS, the learning rate's scaling with the batch and its warm-up + cosine schedule (sections 2.2, 2.3, B.1)."""
+
+    optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
+    lr: float = _opt(1.0, "base learning rate, scaled by --lr-scaling from the global batch size")
+    lr_scaling: str = _opt("linear", "'linear': lr x batch/256; 'sqrt': lr x sqrt(batch); 'none'", ("linear", "sqrt", "none"))
+    weight_decay: float = _opt(1e-6, "weight decay (never on biases and BN parameters)")
+    momentum: float = _opt(0.9, "momentum of lars/sgd")
+    batch_size: int = _opt(256, "images per step over all processes (each gives 2 views)")
+    epochs: int = _opt(100, "passes over the training data (ignored with --time-budget)")
+    time_budget: str | None = _opt(None, "train for this long instead of --epochs (15m, 2h, 90s or seconds): the run times "
+                                   "its steps and fits their number, and the lr schedule, to the budget; epoch-end "
+                                   "checkpoints and kNN monitors count, the setup before and the final report after do not")
+    warmup_epochs: float = _opt(10, "epochs of linear learning-rate warm-up before the cosine decay")
+
+
+AugmentOptions = _section_from_spec("AugmentOptions", AugmentSpec, exclude=("image_size",))
+AugmentOptions.__doc__ = "SimCLR's random views (paper section 3 and appendix A), declared in torchclr.transforms.spec."
+
+
+@dataclass
+class DataOptions:
+    """What to train on, the view size, and how images become batches of views."""
+
     data: str = _opt("sample", "images to pretrain on: a folder (class sub-folders optional), a .zip of one, "
                      "cifar10:DIR, cifar100:DIR, stl10:DIR, or 'sample' (the CIFAR-10 sample shipped with torchclr)")
     train_split: str = _opt("train", "split of --data to pretrain on (a sub-folder name; for stl10 e.g. 'train+unlabeled')")
@@ -43,6 +96,11 @@ class PretrainConfig:
     eval_split: str = _opt("test", "split of the labelled data to report accuracy on (e.g. 'val' for ImageNet)")
     image_size: int | None = _opt(None, "side of the square views fed to the encoder, in pixels; default: from the data "
                                   "(32 for images of 64 px or less, 96 up to 160 px, 224 above)")
+    resolution_schedule: str | None = _opt(None, "progressive resolution: stages SIZE@START (START: fraction of the run's "
+                                           "steps), e.g. 16@0,24@0.4,32@0.8; the last size is --image-size, at which "
+                                           "the encoder is evaluated (--augment-mode batched)")
+    augment_ramp: float = _opt(1.0, "with --resolution-schedule: augmentation strength of the smallest stage relative to "
+                               "the largest (colour distortion x ramp, smallest crop area towards 1), linear in the size; 1: no ramp")
     augment_mode: str = _opt("batched", "'batched': decode once, augment whole batches on the training device (fast); "
                              "'per-image': torchvision v2 per image in DataLoader workers (the reference)", ("batched", "per-image"))
     cache_dir: str | None = _opt(None, "folder for the decoded-image cache (memory-mapped, keyed by the data's content); default: memory only")
@@ -61,54 +119,12 @@ class PretrainConfig:
                         "instead of skipping it; skipped files are listed in skipped_files.csv in the run folder")
     max_image_pixels: int = _opt(DEFAULT_MAX_IMAGE_PIXELS, "images with more pixels are skipped as decompression bombs")
     max_file_mb: int = _opt(DEFAULT_MAX_FILE_MB, "image files (or zip members) larger than this many MiB are skipped unread")
-    # augmentation (paper, appendix A)
-    crop: bool = _opt(True, "random resized crop (off: plain resize)")
-    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
-    crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "aspect-ratio range of the random crop")
-    flip_p: float = _opt(0.5, "probability of a horizontal flip")
-    jitter_strength: float = _opt(0.5, "colour distortion strength s (0.5 for CIFAR, 1.0 for ImageNet)")
-    jitter_p: float = _opt(0.8, "probability of colour jitter")
-    grayscale_p: float = _opt(0.2, "probability of grayscale")
-    blur_p: float | None = _opt(None, "probability of Gaussian blur; default: 0.5 for images of 64 px or more, else 0")
-    blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
-    solarize_p: float = _opt(0.0, "probability of solarization")
-    cutout_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of cutout, one zeroed square")
-    sobel_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of replacing a view by its Sobel edges")
-    noise_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of additive Gaussian noise")
-    rotate_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of a rotation by 90, 180 or 270 degrees")
-    one_branch: bool = _opt(False, "ablation only (figure 5, batched views): distort the first view only, the second is the crop alone")
-    resolution_schedule: str | None = _opt(None, "progressive resolution: stages SIZE@START (START: fraction of the run's "
-                                           "steps), e.g. 16@0,24@0.4,32@0.8; the last size is --image-size, at which "
-                                           "the encoder is evaluated (--augment-mode batched)")
-    augment_ramp: float = _opt(1.0, "with --resolution-schedule: augmentation strength of the smallest stage relative to "
-                               "the largest (colour distortion x ramp, smallest crop area towards 1), linear in the size; 1: no ramp")
-    # model
-    arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
-                     "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
-    cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool (ResNets only); default: on for ResNets on images up to 64 px")
-    head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
-    head_layers: int = _opt(2, "layers of the mlp head")
-    proj_dim: int = _opt(128, "output size of the projection head (z)")
-    # loss
-    loss: str = _opt("nt_xent", "contrastive loss", ("nt_xent", "nt_logistic", "margin_triplet"))
-    temperature: float = _opt(0.5, "temperature tau of the loss")
-    margin: float = _opt(1.0, "margin of the margin_triplet loss")
-    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
-                           "anchor than its positive (semi-hard mining, the paper's table 4)")
-    l2_normalize: bool = _opt(True, "compare z by cosine similarity (off: by dot product, the paper's table 5 ablation)")
-    # optimisation
-    optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))
-    lr: float = _opt(1.0, "base learning rate, scaled by --lr-scaling from the global batch size")
-    lr_scaling: str = _opt("linear", "'linear': lr x batch/256; 'sqrt': lr x sqrt(batch); 'none'", ("linear", "sqrt", "none"))
-    weight_decay: float = _opt(1e-6, "weight decay (never on biases and BN parameters)")
-    momentum: float = _opt(0.9, "momentum of lars/sgd")
-    batch_size: int = _opt(256, "images per step over all processes (each gives 2 views)")
-    epochs: int = _opt(100, "passes over the training data (ignored with --time-budget)")
-    time_budget: str | None = _opt(None, "train for this long instead of --epochs (15m, 2h, 90s or seconds): the run times "
-                                   "its steps and fits their number, and the lr schedule, to the budget; epoch-end "
-                                   "checkpoints and kNN monitors count, the setup before and the final report after do not")
-    warmup_epochs: float = _opt(10, "epochs of linear learning-rate warm-up before the cosine decay")
-    # runtime
+
+
+@dataclass
+class RuntimeOptions:
+    """Device, precision, seeding, memory, and several processes under torchrun."""
+
     device: str = _opt("auto", "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     precision: str = _opt("bf16", "autocast precision; fp16 uses a grad scaler (GPU only)", ("bf16", "fp16", "fp32"))
     compile: bool = _opt(False, "torch.compile the model (slower start, faster steps)")
@@ -121,11 +137,15 @@ class PretrainConfig:
                                  "normalises each chunk by its own statistics; a chunk holds view 1 of one group of "
                                  "images and view 2 of the next, never both views of an image; 'auto': the memory plan made before the "
                                  "first step turns it on, with the largest chunk that fits, when the batch does not fit; 'off' (or none)")
-    # several processes (torchrun)
     sync_bn: bool = _opt(True, "under torchrun, BatchNorm statistics over the global batch (off: over each process's share)")
     dist_timeout: float = _opt(1800.0, "under torchrun, seconds a process waits for the others before it stops with an "
                                "error (a dead or stalled process); must exceed the time rank 0 takes to write a checkpoint")
-    # output and monitoring
+
+
+@dataclass
+class OutputOptions:
+    """The run folder, checkpoints, monitoring and the final report."""
+
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
     keep_checkpoints: int = _opt(2, "checkpoints to keep (older ones are deleted; 0 keeps all)")
     save_every_steps: int = _opt(0, "also save a checkpoint every this many steps, mid-epoch (0: at epoch ends only); "
@@ -144,13 +164,21 @@ class PretrainConfig:
     final_report: bool = _opt(True, "end with the --final-protocol evaluation of the encoder beside random weights (with labelled data)")
     progress: bool = _opt(True, "show a progress bar")
 
+
+# (title of the --help group, section): the paper's settings first.
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("augmentation", AugmentOptions), ("model", ModelOptions), ("loss", LossOptions), ("optimisation", OptimOptions),
+    ("data", DataOptions), ("runtime", RuntimeOptions), ("output and monitoring", OutputOptions),
+)
+
+
+@dataclass
+class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, LossOptions, ModelOptions, AugmentOptions):  # type: ignore[misc, valid-type]
+    """Every setting of a pretraining, flat: `config.lr`, the YAML key `lr`, the option `--lr`; grouped in SECTIONS."""
+
     def augment_spec(self) -> AugmentSpec:
-        return AugmentSpec(
-            image_size=self.image_size, crop=self.crop, crop_scale=tuple(self.crop_scale), crop_ratio=tuple(self.crop_ratio),
-            flip_p=self.flip_p, jitter_strength=self.jitter_strength, jitter_p=self.jitter_p, grayscale_p=self.grayscale_p,
-            blur_p=self.blur_p, blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p, cutout_p=self.cutout_p,
-            sobel_p=self.sobel_p, noise_p=self.noise_p, rotate_p=self.rotate_p, one_branch=self.one_branch,
-        )
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(AugmentOptions)}
+        return AugmentSpec(image_size=self.image_size, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
     def validate(self, named: dict[str, str] | None = None) -> None:
         """Reject values no run could use, naming the option as given (`named`: field -> how the user wrote it,
@@ -180,10 +208,7 @@ class PretrainConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"{option(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        try:  # the view size may come from the data later; the rest of the augmentation is checked now
-            dataclasses.replace(self, image_size=self.image_size or AugmentSpec.image_size).augment_spec()
-        except UserError as err:  # the spec names its own fields (augment.crop_scale); users typed --crop-scale
-            raise UserError(re.sub(r"augment\.(\w+)", lambda m: option(m.group(1)), str(err))) from None
+        check_augment(self, option)
         if self.augment_mode == "per-image" and any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p, self.one_branch)):
             raise UserError("--cutout-p, --sobel-p, --noise-p, --rotate-p and --one-branch need --augment-mode batched")
         self.grad_cache_request()
@@ -306,20 +331,27 @@ def load_yaml(source: str) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--option` per field, all defaulting to None so that unset options do not override the YAML."""
+    """One `--option` per field, in a --help group per section, all defaulting to None so that unset options do not
+    override the YAML."""
     parser.add_argument("--config", help=f"YAML file or preset ({', '.join(PRESETS)}) whose keys are these options")
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="continue from the latest checkpoint in --out-dir, or from the checkpoint file given")
-    for f in dataclasses.fields(PretrainConfig):
-        kind, _ = _base_type(f.type)
-        default = f.default
-        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata['help']} (default: {shown})"
-        if kind is bool:
-            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(f"--{_flag(f.name)}", dest=f.name, default=None, metavar="X,Y" if kind is tuple else None,
-                                choices=f.metadata.get("choices"), help=help_text)
+    for title, section in SECTIONS:
+        group = parser.add_argument_group(title, section.__doc__)
+        for f in dataclasses.fields(section):
+            _add_option(group, f)
+
+
+def _add_option(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
+    kind, _ = _base_type(f.type)
+    default = f.default
+    shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else default
+    help_text = f"{f.metadata['help']} (default: {shown})"
+    if kind is bool:
+        group.add_argument(f"--{_flag(f.name)}", dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    else:
+        group.add_argument(f"--{_flag(f.name)}", dest=f.name, default=None, metavar="X,Y" if kind is tuple else None,
+                           choices=f.metadata.get("choices"), help=help_text)
 
 
 def resolve(args: argparse.Namespace) -> PretrainConfig:

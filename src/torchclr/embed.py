@@ -88,7 +88,7 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
           download: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write h (or z = g(h) with `projection`) of every image of `data` to `out`; returns the sidecar's content."""
     from torchclr.data.loaders import default_workers
-    from torchclr.train import autocast_dtype, resolve_device
+    from torchclr.runtime import autocast_dtype, resolve_device
 
     out_path, sidecar = output_paths(out)
     if out_path.suffix == ".parquet":

@@ -240,10 +240,10 @@ def _would_fit(network: LinearCost, whole_batch: int, batch: int, budget: int) -
 
 
 def _fresh_step_context(ctx: Any, bare_model: nn.Module, chunk: int | None) -> Any:
-    """A copy of the run's step context with its own model, optimizer, scheduler and scaler, so that probing leaves
-    the run untouched; the copies are made together so that the optimizer holds the copied parameters."""
-    model, optimizer, scheduler, scaler = copy.deepcopy((bare_model, ctx.optimizer, ctx.scheduler, ctx.scaler))
-    return dataclasses.replace(ctx, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, grad_cache_chunk=chunk)
+    """A copy of the run's step context with its own model, optimizer and scaler, so that probing leaves the run
+    untouched; the copies are made together so that the optimizer holds the copied parameters."""
+    model, optimizer, scaler = copy.deepcopy((bare_model, ctx.optimizer, ctx.scaler))
+    return dataclasses.replace(ctx, model=model, optimizer=optimizer, scaler=scaler, grad_cache_chunk=chunk)
 
 
 def _generator(device: torch.device) -> torch.Generator:
@@ -264,9 +264,7 @@ def measure_network(ctx: Any, step: Callable[[Any, torch.Tensor, torch.Tensor], 
         probe_ctx, (first, second) = _fresh_step_context(ctx, bare_model, None), _views(images, image_size, ctx.device)
 
         def run() -> None:
-            with warnings.catch_warnings():  # the copied scheduler no longer sees its optimizer's step wrapped
-                warnings.filterwarnings("ignore", message=".*lr_scheduler.step", category=UserWarning)
-                step(probe_ctx, first, second)
+            step(probe_ctx, first, second)
         return run
 
     cost = fit_linear(run_at, probe_sizes(batch), ctx.device)

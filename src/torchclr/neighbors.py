@@ -169,7 +169,7 @@ def search(embeddings: str | Path, k: int, query: str | None = None, index: int 
            device: str = "auto", out: str | Path | None = None, grid: str | Path | None = None) -> str:
     """What `torchclr neighbors` does: one kind of query against `embeddings`; returns the text to show."""
     from torchclr.embed import load_embeddings
-    from torchclr.train import resolve_device
+    from torchclr.runtime import resolve_device
 
     bank = load_embeddings(embeddings)
     exclude = None

@@ -1,4 +1,5 @@
-"""Loading a trained encoder f back, from an exported encoder file or from any training checkpoint.
+"""The encoder file: saving a trained encoder f with its head, and loading it back from that file or from any
+training checkpoint.
 
 The encoder comes back in eval mode (BatchNorm uses its running statistics, so an image's h does not depend on
 the other images of its batch) together with the transform that prepares an image for it.
@@ -6,6 +7,7 @@ the other images of its batch) together with the transform that prepares an imag
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -13,11 +15,34 @@ import torch
 from torch import nn
 
 from torchclr import checkpoint
-from torchclr.config import from_dict
+from torchclr.config import PretrainConfig, from_dict
 from torchclr.errors import UserError
-from torchclr.models import Encoder, build_encoder
+from torchclr.models import Encoder, SimCLR, build_encoder, uses_cifar_stem
 from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.transforms import eval_transform
+
+
+def model_description(config: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must agree on to be loaded into a model."""
+    values = dataclasses.asdict(config) if isinstance(config, PretrainConfig) else config
+    stem = uses_cifar_stem(values["arch"], values["image_size"], values["cifar_stem"])
+    return {"arch": values["arch"], "cifar_stem": stem, "head": values["head"],
+            "head_layers": values["head_layers"], "proj_dim": values["proj_dim"]}
+
+
+def config_as_json(config: PretrainConfig) -> dict[str, Any]:
+    """The config as a checkpoint's metadata keeps it (pairs as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def save_encoder(path: Path, model: SimCLR, config: PretrainConfig) -> None:
+    """The encoder (what users carry into their work) and its projection head (for z), loadable with
+    `load_encoder` and `load_head`."""
+    info = {"kind": "encoder", "model": model_description(config), "image_size": config.image_size,
+            "feature_dim": model.encoder.feature_dim, "config": config_as_json(config)}
+    tensors = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    tensors.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    checkpoint.save_atomically(tensors, info, path)
 
 
 class Pretrained(NamedTuple):

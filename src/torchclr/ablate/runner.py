@@ -184,7 +184,7 @@ def run_cell(cell: Cell, seed: int, budget: Budget, subset: Path, work: Path, de
     asked). A run that diverges is a result too (the paper's table 5 has such settings): recorded, not fatal."""
     from torchclr.config import PretrainConfig
     from torchclr.guard import DivergedError
-    from torchclr.train import pretrain
+    from torchclr import pretrain
 
     settings = {**BASE_SETTINGS, "data": str(subset / "train"), "image_size": budget.image_size,
                 "cifar_stem": budget.cifar_stem, "epochs": budget.epochs, "batch_size": budget.batch_size,
@@ -240,7 +240,7 @@ def knn_scores(networks: dict[str, Any], subset: Path, image_size: int, device_n
     split against its train split, at the evaluation centre view."""
     from torchclr.evaluate.knn import accuracy, knn_predict
     from torchclr.evaluate.monitor import LabelledEval
-    from torchclr.train import resolve_device
+    from torchclr.runtime import resolve_device
 
     device = resolve_device(device_name)
     labelled = LabelledEval.open(str(subset), image_size)

@@ -18,7 +18,7 @@ from torchclr import distributed
 from torchclr.data.cache import default_stored_size, materialize_padded
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
-from torchclr.transforms import AugmentSpec, BatchAugment, TwoViews, view_transform
+from torchclr.transforms import AugmentSpec, BatchAugment, StagedAugment, TwoViews, view_transform
 
 GPU_RESIDENT_SHARE = 0.25  # keep a decoded data set on the GPU itself when it takes at most this share of its free memory
 
@@ -26,13 +26,30 @@ ViewPair = tuple[torch.Tensor, torch.Tensor]
 
 
 class ViewBatches(Protocol):
+    """A view pipeline: the batches of view pairs of each epoch, for one process."""
+
     steps_per_epoch: int
+    generator: torch.Generator | None  # the augmentation's random stream (checkpointed), if drawn in this process
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]: ...
 
+    def set_step(self, step: int, total_steps: int | None) -> None:
+        """Before a batch is drawn: the global step it is for, in a run of `total_steps` (resolution stages)."""
 
-def _sampler(size: int, seed: int, rank: int, world: int) -> DistributedSampler:
+
+def epoch_sampler(size: int, seed: int, rank: int, world: int) -> DistributedSampler:
+    """The images of an epoch for one process: shuffled by seed and epoch (`set_epoch`), one shard per rank."""
     return DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+
+
+def view_seed(seed: int, rank: int) -> int:
+    """The seed of one process's views: the one seeding convention of every view pipeline (each rank its own)."""
+    return seed * 1000 + rank
+
+
+def view_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
+    """The batched augmentation's random stream of one process."""
+    return torch.Generator(device=device).manual_seed(view_seed(seed, rank))
 
 
 def hold_in_memory(images: ImageSet, side: int, cache_dir: str | None) -> ImageSet:
@@ -75,7 +92,7 @@ class BatchedViews:
 
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, cache_dir: str | None = None,
-                 stored_size: int | None = None) -> None:
+                 stored_size: int | None = None, augment: BatchAugment | StagedAugment | None = None) -> None:
         side = stored_size or default_stored_size(spec.image_size, spec.crop_scale)
         held = hold_in_memory(images, side, cache_dir)
         tensor, sizes = held.tensor, held.sizes
@@ -84,11 +101,13 @@ class BatchedViews:
             tensor = tensor.to(device)
         self.images, self.device, self.batch_size = tensor, device, batch_size
         self.sizes = None if sizes is None else sizes.to(tensor.device)
-        self.sampler = _sampler(len(tensor), seed, rank, world)
+        self.sampler = epoch_sampler(len(tensor), seed, rank, world)
         self.steps_per_epoch = len(self.sampler) // batch_size
-        self.augment = BatchAugment(spec)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed * 1000 + rank)
+        self.augment = augment or BatchAugment(spec)
+        self.generator = view_generator(seed, rank, device)
+
+    def set_step(self, step: int, total_steps: int | None) -> None:
+        self.augment.set_step(step, total_steps)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
         """The epoch's batches from `start_step` on (a mid-epoch resume restores the generator's state there)."""
@@ -122,11 +141,14 @@ class PerImageViews:
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, workers: int | None = None) -> None:
         self.dataset = _TwoViewDataset(images, TwoViews(view_transform(spec)))
-        self.sampler = _sampler(len(images), seed, rank, world)
+        self.sampler = epoch_sampler(len(images), seed, rank, world)
         self.steps_per_epoch = len(self.sampler) // batch_size
-        self.batch_size, self.device, self.seed = batch_size, device, seed * 1000 + rank
+        self.batch_size, self.device, self.seed = batch_size, device, view_seed(seed, rank)
         self.workers = default_workers() if workers is None else workers
         self.generator = None
+
+    def set_step(self, step: int, total_steps: int | None) -> None:
+        """Every step draws from the same transform (resolution stages need the batched views)."""
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
         """The epoch's batches from `start_step` on; the first ones are still made and dropped, since the

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from torchclr.data.cache import fit_within, pad_to
 from torchclr.data.device_decode import EncodedJpeg, decode_on_device, worth_decoding_on_device
-from torchclr.data.loaders import ViewPair, _sampler, default_workers
+from torchclr.data.loaders import ViewPair, default_workers, epoch_sampler, view_generator
 from torchclr.data.sources import ImageSet, decode_image
 from torchclr.errors import UserError
-from torchclr.transforms import AugmentSpec, BatchAugment
+from torchclr.transforms import AugmentSpec, BatchAugment, StagedAugment
 
 DecodedBatch = tuple[torch.Tensor | None, torch.Tensor | None, list[str]]
 
@@ -87,9 +87,9 @@ class StreamedViews:
 
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device, seed: int,
                  stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None,
-                 jpegs_on_device: bool = False) -> None:
+                 jpegs_on_device: bool = False, augment: BatchAugment | StagedAugment | None = None) -> None:
         workers = default_workers() if workers is None else workers
-        self.sampler = _sampler(len(images), seed, rank, world)
+        self.sampler = epoch_sampler(len(images), seed, rank, world)
         self.steps_per_epoch, self.batch_size = len(self.sampler) // batch_size, batch_size
         self.position = _FromPosition(self.sampler)
         self.loader = DataLoader(
@@ -102,10 +102,12 @@ class StreamedViews:
             generator=torch.Generator().manual_seed(seed),
         )
         self.device, self.side, self.jpegs_on_device = device, stored_side, jpegs_on_device
-        self.augment = BatchAugment(spec)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed * 1000 + rank)
+        self.augment = augment or BatchAugment(spec)
+        self.generator = view_generator(seed, rank, device)
         self.skipped = 0  # images replaced in the last epoch because they could not be decoded
+
+    def set_step(self, step: int, total_steps: int | None) -> None:
+        self.augment.set_step(step, total_steps)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
         self.sampler.set_epoch(epoch)

@@ -7,7 +7,7 @@ from torch import nn
 
 from torchclr.errors import UserError
 from torchclr.optim.lars import LARS
-from torchclr.optim.schedule import LR_SCALING_RULES, scaled_lr, warmup_cosine, warmup_cosine_scheduler
+from torchclr.optim.schedule import LR_SCALING_RULES, scaled_lr, set_learning_rate, warmup_cosine, warmup_cosine_scheduler
 
 OPTIMIZER_NAMES = ("lars", "sgd", "adamw")
 
@@ -59,5 +59,5 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
 
 __all__ = [
     "LARS", "LR_SCALING_RULES", "NORM_LAYERS", "OPTIMIZER_NAMES", "build_optimizer", "parameter_groups", "scaled_lr",
-    "warmup_cosine", "warmup_cosine_scheduler",
+    "set_learning_rate", "warmup_cosine", "warmup_cosine_scheduler",
 ]

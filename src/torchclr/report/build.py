@@ -1,7 +1,7 @@
 """`torchclr report RUN_DIR`: what a run learned, on one offline HTML page with its PNGs beside it.
 
-Curves come from metrics.jsonl; the augmentation preview re-creates the run's first training batch (same sampler,
-seed and `BatchAugment` as `data.loaders.BatchedViews`); the 2-D map, the per-class accuracy (the kNN monitor
+Curves come from metrics.jsonl; the augmentation preview re-creates the run's first training batch (the sampler,
+generator and augmentation of `data.pipeline`, at the first step's resolution stage); the 2-D map, the per-class accuracy (the kNN monitor
 recomputed with the final encoder, so its mean is the last monitored top-1) and the nearest-neighbour examples
 use the run's encoder on its labelled evaluation data. An unlabelled run shows its training images instead.
 """
@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DistributedSampler
 
 from torchclr.config import PretrainConfig, from_dict
 from torchclr.data.cache import default_stored_size, materialize_padded
+from torchclr.data.loaders import epoch_sampler, view_generator
+from torchclr.data.pipeline import batch_augment
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.errors import UserError
 from torchclr.report import page, plots
@@ -58,13 +59,14 @@ def _subset(images: ImageSet, indices: list[int]) -> ImageSet:
 def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, view 1, view 2) of the first `pairs` images of the run's first step on a single process.
 
-    Batched mode draws the whole first batch with the run's generator, as `BatchedViews.epoch(0)` does on the CPU;
-    per-image mode draws the run's transform afresh (its worker RNG is not replayed).
+    Batched mode draws the whole first batch with the run's augmentation (its first resolution stage) and generator,
+    as the view pipeline's first step does on the CPU; per-image mode draws the run's transform afresh (its worker
+    RNG is not replayed).
     """
-    from torchclr.transforms import BatchAugment, TwoViews, view_transform
+    from torchclr.transforms import TwoViews, view_transform
 
     images = open_images(config.data, config.train_split, config.download)
-    sampler = DistributedSampler(range(len(images)), num_replicas=1, rank=0, shuffle=True, seed=config.seed, drop_last=True)
+    sampler = epoch_sampler(len(images), config.seed, rank=0, world=1)
     sampler.set_epoch(0)
     batch_size = min(config.batch_size, len(images))
     first = list(sampler)[:batch_size]
@@ -74,8 +76,7 @@ def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tup
     batch = held.tensor
     assert batch is not None
     if config.augment_mode == "batched":
-        generator = torch.Generator().manual_seed(config.seed * 1000)
-        one, two = BatchAugment(spec).two_views(batch, generator, held.sizes)
+        one, two = batch_augment(config).two_views(batch, view_generator(config.seed, 0, torch.device("cpu")), held.sizes)
     else:
         torch.manual_seed(config.seed)
         whole = (held.image(index) for index in range(min(pairs, len(batch))))  # each image without its padding
@@ -94,7 +95,7 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     from torchclr.evaluate.monitor import bank_indices, open_labelled_eval
     from torchclr.neighbors import contact_sheet, nearest
     from torchclr.pretrained import load_encoder
-    from torchclr.train import resolve_device
+    from torchclr.runtime import resolve_device
 
     if max_points < 2:
         raise UserError(f"--max-points must be at least 2, got {max_points}")

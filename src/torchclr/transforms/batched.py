@@ -246,6 +246,9 @@ class BatchAugment(nn.Module):
     def extra_repr(self) -> str:
         return repr(self.spec)
 
+    def set_step(self, step: int, total_steps: int | None) -> None:
+        """One stage: every step draws the same family of views (see `StagedAugment` for several)."""
+
     def forward(self, images: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None) -> Tensor:
         return self._augment(images, 1, generator, sizes)
 
@@ -367,8 +370,10 @@ class StagedAugment(nn.Module):
         self.stages = nn.ModuleList(BatchAugment(spec) for spec in specs)
         self.stage_at, self.current = stage_at, 0
 
-    def set_step(self, step: int, total_steps: int) -> None:
-        self.current = max(self.current, self.stage_at(step, total_steps))
+    def set_step(self, step: int, total_steps: int | None) -> None:
+        """The stage of `step` in a run of `total_steps` (None, a time budget not yet planned: the stage so far)."""
+        if total_steps is not None:
+            self.current = max(self.current, self.stage_at(step, total_steps))
 
     @property
     def spec(self) -> AugmentSpec:

@@ -2,53 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from torchclr.errors import UserError
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class AugmentSpec:
     """One random view = crop+resize, flip, colour distortion, grayscale, blur, solarize (paper, appendix A).
 
-    Probabilities of 0 switch an op off; the ablations of the paper's figure 5 re-weight them.
+    Probabilities of 0 switch an op off; the ablations of the paper's figure 5 re-weight them. The fields with a
+    help text are also `torchclr pretrain`'s augmentation options (`torchclr.config` declares none of its own).
     """
 
     image_size: int = 32
-    crop: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_strength: float = 0.5
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float | None = None
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
+    crop: bool = _opt(True, "random resized crop (off: plain resize)")
+    crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
+    crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "aspect-ratio range of the random crop")
+    flip_p: float = _opt(0.5, "probability of a horizontal flip")
+    jitter_strength: float = _opt(0.5, "colour distortion strength s (0.5 for CIFAR, 1.0 for ImageNet)")
+    jitter_p: float = _opt(0.8, "probability of colour jitter")
+    grayscale_p: float = _opt(0.2, "probability of grayscale")
+    blur_p: float | None = _opt(None, "probability of Gaussian blur; default: 0.5 for images of 64 px or more, else 0")
+    blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
+    solarize_p: float = _opt(0.0, "probability of solarization")
     solarize_threshold: float = 0.5
     # Only for the figure 5 ablation (`torchclr ablate augment-pairs`; batched views only, see transforms.ablation)
-    cutout_p: float = 0.0
-    sobel_p: float = 0.0
-    noise_p: float = 0.0
-    rotate_p: float = 0.0
-    one_branch: bool = False  # distort the first view only; the second is the crop alone
+    cutout_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of cutout, one zeroed square")
+    sobel_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of replacing a view by its Sobel edges")
+    noise_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of additive Gaussian noise")
+    rotate_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of a rotation by 90, 180 or 270 degrees")
+    one_branch: bool = _opt(False, "ablation only (figure 5, batched views): distort the first view only, the second is the crop alone")
 
     def __post_init__(self) -> None:
-        if self.image_size < 8:
-            raise UserError(f"augment.image_size must be at least 8 pixels, got {self.image_size}")
-        for name in ("flip_p", "jitter_p", "grayscale_p", "solarize_p", "cutout_p", "sobel_p", "noise_p", "rotate_p"):
-            _check_probability(name, getattr(self, name))
-        if self.blur_p is not None:
-            _check_probability("blur_p", self.blur_p)
-        low, high = self.crop_scale
-        if not 0 < low <= high <= 1:
-            raise UserError(f"augment.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise UserError(f"augment.crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
-        if self.jitter_strength < 0:
-            raise UserError(f"augment.jitter_strength must be >= 0, got {self.jitter_strength}")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise UserError(f"augment.blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        check_augment(self, lambda name: f"augment.{name}")
 
     @property
     def ablation_only(self) -> bool:
@@ -75,6 +67,26 @@ class AugmentSpec:
         return 0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5)
 
 
-def _check_probability(name: str, value: float) -> None:
+def check_augment(values: Any, option: Callable[[str], str]) -> None:
+    """The checks of an augmentation's settings (an AugmentSpec or a config with the same field names), each
+    error naming the setting as `option(field name)` says: `augment.crop_scale` here, `--crop-scale` for a user."""
+    if values.image_size is not None and values.image_size < 8:
+        raise UserError(f"{option('image_size')} must be at least 8 pixels, got {values.image_size}")
+    for name in ("flip_p", "jitter_p", "grayscale_p", "solarize_p", "cutout_p", "sobel_p", "noise_p", "rotate_p"):
+        _check_probability(option(name), getattr(values, name))
+    if values.blur_p is not None:
+        _check_probability(option("blur_p"), values.blur_p)
+    low, high = values.crop_scale
+    if not 0 < low <= high <= 1:
+        raise UserError(f"{option('crop_scale')} must satisfy 0 < low <= high <= 1, got {tuple(values.crop_scale)}")
+    if not 0 < values.crop_ratio[0] <= values.crop_ratio[1]:
+        raise UserError(f"{option('crop_ratio')} must satisfy 0 < low <= high, got {tuple(values.crop_ratio)}")
+    if values.jitter_strength < 0:
+        raise UserError(f"{option('jitter_strength')} must be >= 0, got {values.jitter_strength}")
+    if not 0 < values.blur_sigma[0] <= values.blur_sigma[1]:
+        raise UserError(f"{option('blur_sigma')} must satisfy 0 < low <= high, got {tuple(values.blur_sigma)}")
+
+
+def _check_probability(option: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
-        raise UserError(f"augment.{name} must be a probability in [0, 1], got {value}")
+        raise UserError(f"{option} must be a probability in [0, 1], got {value}")

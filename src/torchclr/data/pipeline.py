@@ -1,0 +1,81 @@
+"""The view-pipeline factory: from a config and its images to the batches of view pairs training draws.
+
+One place decides the view size from the data, per-image (the reference) or batched views, in memory or
+streamed, and the augmentation with its resolution stages; training and the report's preview both build their
+views here, so the report shows what training saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from torchclr.data.cache import default_stored_size
+from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
+from torchclr.data.plan import choose_mode, default_image_size
+from torchclr.data.sources import ImageSet
+from torchclr.data.streaming import StreamedViews
+from torchclr.errors import UserError
+from torchclr.runtime import say
+from torchclr.transforms import BatchAugment, StagedAugment
+
+
+def with_image_size(config: Any, sizes: list[tuple[int, int]]) -> Any:
+    """The config with --image-size set: as given, the last resolution stage, or from the data (a folder of photos
+    gets photo-sized views; `sizes`: image sizes sampled from it)."""
+    if config.image_size is not None:
+        return config
+    schedule = config.resolution()
+    if schedule is not None:
+        return dataclasses.replace(config, image_size=schedule.final_size)
+    size = default_image_size(sizes)
+    longest = sorted(max(s) for s in sizes)
+    say(f"image size: {size} px, from the data (longer sides of {len(sizes)} sampled images: "
+        f"{longest[0]}-{longest[-1]} px, median {longest[len(longest) // 2]}); set --image-size to change it")
+    return dataclasses.replace(config, image_size=size)
+
+
+def batch_augment(config: Any) -> BatchAugment | StagedAugment:
+    """The batched augmentation of a run: one family of views, or one per resolution stage."""
+    spec, schedule = config.augment_spec(), config.resolution()
+    if schedule is None:
+        return BatchAugment(spec)
+    return StagedAugment(schedule.stage_specs(spec), schedule.stage_at)
+
+
+def _per_process_batch(config: Any, images: ImageSet, world: int) -> int:
+    """Images per process of --batch-size over `world` processes; refused where a process gets fewer than 2."""
+    per_process = config.batch_size // world
+    if per_process * world != config.batch_size:
+        raise UserError(f"--batch-size {config.batch_size} must be a multiple of the number of processes ({world})")
+    if per_process < 2:
+        raise UserError(f"--batch-size {config.batch_size} over {world} processes leaves {per_process} image per process; "
+                        "each needs at least 2")
+    if len(images) < config.batch_size:
+        raise UserError(f"data {images.origin} has {len(images)} images, fewer than --batch-size {config.batch_size}")
+    return per_process
+
+
+def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int]], device: torch.device, *,
+                       rank: int, world: int) -> ViewBatches:
+    """Per image in workers (--augment-mode per-image), or batched from memory or streamed, as --data-mode says
+    or the data fit. `config.image_size` must be set (`with_image_size`)."""
+    per_process = _per_process_batch(config, images, world)
+    spec = config.augment_spec()
+    if config.augment_mode == "per-image":
+        say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
+        return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
+    stored = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+    plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
+    say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
+    augment = batch_augment(config)
+    if config.resolution() is not None:
+        say(config.resolution().describe())
+    if plan.mode != "stream":
+        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored, augment)
+    on_device = config.decode == "device" or (config.decode == "auto" and device.type == "cuda")
+    say(f"data: JPEGs decoded {f'on {device} in batches' if on_device else 'in DataLoader workers'} (--decode {config.decode})")
+    return StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers, on_device,
+                         augment)
