@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from torchclr.data.reader import load_array
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.errors import UserError
 from torchclr.pretrained import load_encoder, load_head
@@ -123,9 +124,9 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
         _write_json(_progress_path(out_path), {**meta, "done": done})
         bar.update(len(views))
     bar.close()
-    skipped = [_name(images, i) for i in np.flatnonzero(~mask)]
-    meta["count"] = len(images) - len(skipped)
-    meta["skipped"] = skipped
+    undecodable = [_name(images, i) for i in np.flatnonzero(~mask)]
+    meta["count"] = len(images) - len(undecodable)
+    meta["skipped"] = [*(bad.where for bad in images.skipped.entries), *undecodable]  # listing time, then decoding
     _finish(out_path, sidecar, np.asarray(work)[mask], images, np.flatnonzero(mask), meta)
     del work, mask
     for path in _work_paths(out_path):
@@ -152,7 +153,7 @@ def _open_work(out: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
         saved = json.loads(progress_path.read_text())
         if {k: v for k, v in saved.items() if k != "done"} == meta:
             print(f"torchclr: resuming {out} at image {saved['done']:,} of {meta['count']:,}", flush=True)
-            return (np.load(vectors_path, mmap_mode="r+"), np.load(ok_path, mmap_mode="r+"), int(saved["done"]))
+            return (load_array(vectors_path, mmap_mode="r+"), load_array(ok_path, mmap_mode="r+"), int(saved["done"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(meta["count"], meta["dim"]))
     ok = np.lib.format.open_memmap(ok_path, mode="w+", dtype=np.bool_, shape=(meta["count"],))
@@ -198,7 +199,7 @@ def load_embeddings(path: str | Path) -> Embeddings:
             vectors = flat.reshape(len(table), -1).astype(np.float32, copy=False)
             names, labels = table.column("name").to_pylist(), table.column("label").to_pylist()
         else:
-            vectors = np.load(out, mmap_mode="r")
+            vectors = load_array(out, mmap_mode="r")
             with open(out.with_suffix(".csv"), newline="") as handle:
                 rows = list(csv.DictReader(handle))
             names, labels = [row["name"] for row in rows], [int(row["label"]) for row in rows]

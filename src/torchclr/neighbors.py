@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from torchclr.data.sources import decode_image, open_images
+from torchclr.data.reader import read_image_file
+from torchclr.data.sources import open_images
 from torchclr.embed import Embeddings
 from torchclr.errors import UserError
 
@@ -96,10 +97,7 @@ def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embe
     if info["model"] != made_by["model"] or info["config"].image_size != made_by["image_size"]:
         raise UserError(f"embeddings {embeddings.path} were made by a {_describe(made_by['model'], made_by['image_size'])} "
                         f"but checkpoint {checkpoint} is a {_describe(info['model'], info['config'].image_size)}")
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"query image {path} does not exist")
-    image = transform(decode_image(path.read_bytes(), str(path)))
+    image = transform(read_image_file(path, "--query"))
     with torch.no_grad():
         vector = encoder(image[None])
         if made_by["what"] == "z":
@@ -202,7 +200,7 @@ def search(embeddings: str | Path, k: int, query: str | None = None, index: int 
         write_csv(out, found, bank, names)
     if grid:
         if query is not None:
-            tiles = [(decode_image(Path(query).read_bytes(), query), "query")]
+            tiles = [(read_image_file(query, "--query"), "query")]
         else:
             tiles = _tiles_of(queries if query_embeddings is not None else bank, names)
         contact_sheet(grid_rows(found, bank, tiles), grid)
