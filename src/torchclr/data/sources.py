@@ -25,6 +25,7 @@ from torchclr.errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 TORCHVISION_SETS = ("cifar10", "cifar100", "stl10")
 SAMPLE = "sample"
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation", "unlabeled", "unlabelled")
 UNLABELLED = -1
 
 
@@ -96,6 +97,30 @@ def open_images(spec: str, split: str, download: bool = False, policy: ReadPolic
     if shard_paths(base):
         return _open_shards(base, str(base))
     return _open_folder(path, split, policy)
+
+
+def split_names(spec: str) -> list[str]:
+    """The splits `spec` offers: its sub-folders (or top-level zip folders) named like splits, or a torchvision set's."""
+    kind, _, root = spec.partition(":")
+    if spec == SAMPLE:
+        return ["test", "train"]
+    if kind in TORCHVISION_SETS and root:
+        return ["test", "train", "unlabeled"] if kind == "stl10" else ["test", "train"]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        found = {child.name for child in path.iterdir() if child.is_dir()}
+    elif is_zip(path):
+        found = {info.filename.split("/")[0] for info in zip_members(path, spec) if "/" in info.filename}
+    else:
+        return []
+    return sorted(found & set(SPLIT_NAMES))
+
+
+def check_split(spec: str, split: str) -> None:
+    """Refuse `split` in one line when `spec` has splits and it is not one of them (a typo would embed the whole tree)."""
+    splits = split_names(spec)
+    if splits and split not in splits:
+        raise UserError(f"--split {split!r} is not a split of {spec}; it has {', '.join(splits)}")
 
 
 def has_split(spec: str, split: str) -> bool:
