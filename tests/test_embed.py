@@ -14,11 +14,12 @@ import torch
 from carry_fixtures import trained_run  # noqa: F401 (a fixture)
 from PIL import Image
 
-import torchclr.embed as embed_module
+from torchclr import embed_work
 from torchclr.cli import main
 from torchclr.embed import embed, load_embeddings
 from torchclr.neighbors import label_agreement, nearest
 from torchclr.pretrained import load_encoder
+
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
@@ -65,16 +66,16 @@ def test_an_interrupted_embed_resumes_where_it_stopped(trained_run: Path, tiny_f
                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     whole = embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "whole.npy", "train", batch_size=8,
                   progress=False, workers=0)
-    real_write = embed_module._write_json
+    real_write = embed_work.write_json
     writes = []
 
-    def stop_after_three_batches(path: Path, values: dict) -> None:
-        real_write(path, values)
+    def stop_after_three_batches(path: Path, values: dict, *, what: str) -> None:
+        real_write(path, values, what=what)
         writes.append(values.get("done"))
         if values.get("done") == 24:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(embed_module, "_write_json", stop_after_three_batches)
+    monkeypatch.setattr(embed_work, "write_json", stop_after_three_batches)
     with pytest.raises(KeyboardInterrupt):
         embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "cut.npy", "train", batch_size=8, progress=False, workers=0)
     assert not (tmp_path / "cut.npy").exists()

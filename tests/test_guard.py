@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import torchclr.train
-from torchclr import checkpoint
+from torchclr import checkpoint, writer
 from torchclr.cli import main
 from torchclr.errors import UserError
 from torchclr.guard import FiniteGuard, all_finite
@@ -161,7 +161,7 @@ def _fill_disk_from_save(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
         handle = real_fdopen(fd, *args, **kwargs)
         return _DiskFullWriter(handle) if len(calls) > after else handle
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+    monkeypatch.setattr(writer.os, "fdopen", fdopen)
 
 
 def test_full_disk_is_one_line_naming_the_path_with_the_old_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,8 @@ from torchclr.cli import main
 from torchclr.config import PretrainConfig
 from torchclr.data.cache import materialize, pad_to
 from torchclr.data import plan
-from torchclr.data.sources import decode_image, open_images
+from torchclr.data.reader import decode_image
+from torchclr.data.sources import open_images
 from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
 from torchclr.evaluate import logreg

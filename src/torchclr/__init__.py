@@ -7,7 +7,9 @@ The names load on first use, so that `import torchclr` (and the command line's o
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.2.0"
@@ -33,3 +35,21 @@ def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         return getattr(import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(ModuleType):
+    """The package, whose public functions `embed` and `export` live in submodules of the same name.
+
+    Importing a submodule makes Python bind it on its package (`torchclr.embed = <module torchclr.embed>`), which
+    would hide the function from then on: `from torchclr import embed` gave the module whenever anything had
+    imported `torchclr.embed` before. Here that binding stores the function instead; the module itself stays in
+    `sys.modules` (reach it with `importlib.import_module("torchclr.embed")`).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, ModuleType) and _PUBLIC.get(name) == value.__name__ and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +25,12 @@ from torch import nn
 
 from torchclr.errors import UserError
 from torchclr.guard import all_finite
+from torchclr.writer import bytes_writer, remove_stale_temporaries as remove_stale_writes, replace_file
 
 FORMAT = "torchclr-checkpoint-v1"
 MAX_HEADER_BYTES = 16 << 20  # torchclr's own headers are a few KiB; a larger one is not ours (or is hostile)
 REQUIRED_KEYS = {"training": ("model", "config", "epoch", "step", "optimizer", "rng"),
                  "encoder": ("model", "config")}
-TEMP_SUFFIX = ".tmp"
 
 
 class NonFiniteCheckpoint(UserError):
@@ -55,25 +53,12 @@ def save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_free_space(path.parent, len(data), f"checkpoint {path}")
-        _write_replacing(path, data)
+        replace_file(path, bytes_writer(data))
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"no space left on the device to write checkpoint {path} ({len(data) / 2**20:.1f} MiB); "
                             "the previous checkpoint is intact: free some space and continue with --resume") from None
         raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
-
-
-def _write_replacing(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_free_space(folder: Path, needed_bytes: int, what: str) -> None:
@@ -93,11 +78,8 @@ def estimated_training_bytes(model: nn.Module, optimizer_name: str) -> int:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files of checkpoints whose writer was killed (only this module's naming)."""
-    stale = [p for p in folder.glob(f".*.safetensors.*{TEMP_SUFFIX}") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+    """Delete the temporary files of checkpoints whose writer was killed (only the writer's naming)."""
+    return remove_stale_writes(folder, "*.safetensors")
 
 
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -4,7 +4,6 @@ naming the culprit."""
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from typing import NoReturn, Sequence
@@ -112,7 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--checkpoint", required=True, help="a .safetensors file written by torchclr pretrain")
     export.add_argument("--format", required=True, help="onnx, torchscript or torchvision")
-    export.add_argument("--out", help="the file to write (default: beside the checkpoint, .onnx / .pt / .pth)")
+    export.add_argument("--out", help="the file to write; its suffix must fit --format: .onnx (onnx), .pt (torchscript), "
+                        ".safetensors, .pth or .pt (torchvision; .pth/.pt are torch.save pickles) (default: beside the "
+                        "checkpoint, CHECKPOINT.FORMAT.onnx / .pt / .safetensors)")
 
     report = commands.add_parser(
         "report", help="one offline HTML page of what a run learned: curves, views, map, per-class accuracy, neighbours",
@@ -156,14 +157,26 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from torchclr.options import check_number, check_seed
+    from torchclr.writer import check_output, write_json
     from torchclr.evaluate.finetune import FinetuneSettings
     from torchclr.evaluate.linear import LinearSettings
     from torchclr.evaluate.monitor import PROTOCOLS, LabelledEval, evaluate_encoders, format_table, random_twin
     from torchclr.pretrained import load_encoder
     from torchclr.runtime import resolve_device
 
-    if args.knn_k <= 0 or args.knn_temperature <= 0:
-        raise UserError("--knn-k and --knn-temperature must be > 0")
+    for option, value, low, low_open, high in (("--linear-epochs", args.linear_epochs, 0, True, None),
+                                               ("--linear-batch-size", args.linear_batch_size, 0, True, None),
+                                               ("--linear-lr", args.linear_lr, 0, True, None),
+                                               ("--linear-weight-decay", args.linear_weight_decay, 0, False, None),
+                                               ("--label-fraction", args.label_fraction, 0, True, 1),
+                                               ("--finetune-epochs", args.finetune_epochs, 0, True, None),
+                                               ("--knn-k", args.knn_k, 0, True, None),
+                                               ("--knn-temperature", args.knn_temperature, 0, True, None)):
+        check_number(option, value, low=low, low_open=low_open, high=high)
+    check_seed("--seed", args.seed)
+    if args.json:
+        check_output(args.json, "--json", inputs=[args.checkpoint])  # before the evaluation, not after it
     finetune_settings = FinetuneSettings(args.label_fraction, args.finetune_epochs, seed=args.seed)
     linear_settings = LinearSettings(args.linear_epochs, args.linear_batch_size, args.linear_lr, args.linear_weight_decay, args.seed)
     device = resolve_device(args.device)
@@ -181,12 +194,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     what = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else PROTOCOLS[args.protocol]
     print(format_table(results, f"{what} of {args.checkpoint}", labelled))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        write_json(args.json, results, what="the results (--json)")
 
 
 def _embed(args: argparse.Namespace) -> None:
     from torchclr.embed import embed
+    from torchclr.options import check_number
+
+    check_number("--batch-size", args.batch_size, low=0, low_open=True)
+    check_number("--workers", args.workers, low=0)
 
     meta = embed(args.checkpoint, args.data, args.out, args.split, args.projection, args.batch_size, args.workers,
                  args.device, args.precision, args.download, args.progress)
@@ -196,6 +212,10 @@ def _embed(args: argparse.Namespace) -> None:
 
 def _neighbors(args: argparse.Namespace) -> None:
     from torchclr.neighbors import search
+    from torchclr.options import check_number
+
+    check_number("-k", args.k, low=0, low_open=True)
+    check_number("--index", args.index, low=0)
 
     print(search(args.embeddings, args.k, query=args.query, index=args.index, query_embeddings=args.query_embeddings,
                  checkpoint=args.checkpoint, backend=args.backend, device=args.device, out=args.out, grid=args.grid))
@@ -211,7 +231,10 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from torchclr.options import check_number
     from torchclr.report import build_report
+
+    check_number("--max-points", args.max_points, low=2)
 
     print(f"wrote {build_report(args.run_dir, args.device, args.max_points)}")
 

@@ -10,8 +10,8 @@ vectors are written as `.npy` + `.csv` (names, labels) or as one Parquet file (t
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,9 +21,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from torchclr.data.sources import ImageSet, open_images
+from torchclr.data.reader import load_array
+from torchclr.data.sources import ImageSet, check_split, open_images
+from torchclr.embed_work import locked, open_work, remove_work
 from torchclr.errors import UserError
+from torchclr.options import check_number
 from torchclr.pretrained import load_encoder, load_head
+from torchclr.writer import check_output, signals_raise, write_atomically, write_json
 
 FORMATS = (".npy", ".parquet")
 
@@ -77,9 +81,15 @@ def _parquet() -> Any:
     return pyarrow
 
 
-def _checkpoint_identity(path: Path) -> dict[str, Any]:
+def checkpoint_identity(path: Path) -> dict[str, Any]:
+    """Which file made the vectors: its path, size, mtime and SHA-256 (the hash is what `neighbors` compares)."""
     stat = path.stat()
-    return {"checkpoint": str(path.resolve()), "checkpoint_size": stat.st_size, "checkpoint_mtime_ns": stat.st_mtime_ns}
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"checkpoint": str(path.resolve()), "checkpoint_size": stat.st_size, "checkpoint_mtime_ns": stat.st_mtime_ns,
+            "checkpoint_sha256": digest.hexdigest()}
 
 
 @torch.no_grad()
@@ -93,8 +103,10 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
     out_path, sidecar = output_paths(out)
     if out_path.suffix == ".parquet":
         _parquet()
-    if batch_size <= 0:
-        raise UserError(f"--batch-size must be > 0, got {batch_size}")
+    check_number("--batch-size", batch_size, low=0, low_open=True)
+    for target_file in (out_path, sidecar, *([out_path.with_suffix(".csv")] if out_path.suffix == ".npy" else [])):
+        check_output(target_file, "--out", inputs=[checkpoint])
+    check_split(data, split)
     target = resolve_device(device)
     dtype = autocast_dtype(precision, target)
     encoder, transform, info = load_encoder(checkpoint)
@@ -103,67 +115,34 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
     dim = info["model"]["proj_dim"] if projection and info["model"]["head"] != "none" else encoder.feature_dim
     images = open_images(data, split, download)
     size = info["config"].image_size
-    meta = {**_checkpoint_identity(Path(checkpoint)), "model": info["model"], "what": "z" if projection else "h",
+    meta = {**checkpoint_identity(Path(checkpoint)), "model": info["model"], "what": "z" if projection else "h",
             "dim": dim, "count": len(images), "data": data, "split": split, "origin": images.origin,
             "fingerprint": images.fingerprint or f"{images.origin}:{len(images)}", "image_size": size, "precision": precision}
 
-    work, mask, done = _open_work(out_path, meta)
-    loader = DataLoader(_CentreViews(images, transform, size), batch_size=batch_size, sampler=range(done, len(images)),
-                        num_workers=default_workers() if workers is None else workers,
-                        pin_memory=target.type == "cuda")
-    bar = tqdm(total=len(images), initial=done, desc="embed", unit="img", disable=not progress, dynamic_ncols=True)
-    for views, ok in loader:
-        with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            vectors = network(views.to(target, non_blocking=True))
-        work[done : done + len(views)] = vectors.float().cpu().numpy()
-        mask[done : done + len(views)] = ok.numpy()
-        done += len(views)
-        work.flush()
-        mask.flush()
-        _write_json(_progress_path(out_path), {**meta, "done": done})
-        bar.update(len(views))
-    bar.close()
-    skipped = [_name(images, i) for i in np.flatnonzero(~mask)]
-    meta["count"] = len(images) - len(skipped)
-    meta["skipped"] = skipped
-    _finish(out_path, sidecar, np.asarray(work)[mask], images, np.flatnonzero(mask), meta)
-    del work, mask
-    for path in _work_paths(out_path):
-        path.unlink(missing_ok=True)
+    with locked(out_path), signals_raise(f"--out {out_path} (continue with the same command)"):
+        work = open_work(out_path, meta)
+        loader = DataLoader(_CentreViews(images, transform, size), batch_size=batch_size,
+                            sampler=range(work.done, len(images)),
+                            num_workers=default_workers() if workers is None else workers, pin_memory=target.type == "cuda")
+        bar = tqdm(total=len(images), initial=work.done, desc="embed", unit="img", disable=not progress, dynamic_ncols=True)
+        for views, ok in loader:
+            with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                vectors = network(views.to(target, non_blocking=True))
+            work.append(vectors.float().cpu().numpy(), ok.numpy())
+            bar.update(len(views))
+        bar.close()
+        mask = np.asarray(work.ok)
+        undecodable = [_name(images, i) for i in np.flatnonzero(~mask)]
+        meta["count"] = len(images) - len(undecodable)
+        meta["skipped"] = [*(bad.where for bad in images.skipped.entries), *undecodable]  # listing time, then decoding
+        _finish(out_path, sidecar, np.asarray(work.vectors)[mask], images, np.flatnonzero(mask), meta)
+        del work
+        remove_work(out_path)
     return meta
 
 
 def _name(images: ImageSet, index: int) -> str:
     return images.names[index] if images.names else str(index)
-
-
-def _work_paths(out: Path) -> tuple[Path, Path, Path]:
-    return out.with_name(out.name + ".partial.npy"), out.with_name(out.name + ".partial-ok.npy"), _progress_path(out)
-
-
-def _progress_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial.json")
-
-
-def _open_work(out: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
-    """The memory-mapped work arrays and the number of images already in them (0 unless the same job was cut short)."""
-    vectors_path, ok_path, progress_path = _work_paths(out)
-    if progress_path.exists() and vectors_path.exists() and ok_path.exists():
-        saved = json.loads(progress_path.read_text())
-        if {k: v for k, v in saved.items() if k != "done"} == meta:
-            print(f"torchclr: resuming {out} at image {saved['done']:,} of {meta['count']:,}", flush=True)
-            return (np.load(vectors_path, mmap_mode="r+"), np.load(ok_path, mmap_mode="r+"), int(saved["done"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    vectors = np.lib.format.open_memmap(vectors_path, mode="w+", dtype=np.float32, shape=(meta["count"], meta["dim"]))
-    ok = np.lib.format.open_memmap(ok_path, mode="w+", dtype=np.bool_, shape=(meta["count"],))
-    _write_json(progress_path, {**meta, "done": 0})
-    return vectors, ok, 0
-
-
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(values, indent=2))
-    os.replace(tmp, path)
 
 
 def _finish(out: Path, sidecar: Path, vectors: np.ndarray, images: ImageSet, kept: np.ndarray, meta: dict[str, Any]) -> None:
@@ -174,14 +153,21 @@ def _finish(out: Path, sidecar: Path, vectors: np.ndarray, images: ImageSet, kep
         pa = _parquet()
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), type=pa.float32()), vectors.shape[1])
         table = pa.table({"name": names, "label": labels, "class": classes, "embedding": column})
-        pa.parquet.write_table(table, out)
+        write_atomically(out, lambda tmp: pa.parquet.write_table(table, tmp), what="the embeddings")
     else:
-        np.save(out, vectors)
-        with open(out.with_suffix(".csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["index", "name", "label", "class"])
-            writer.writerows(zip(range(len(names)), names, labels, classes))
-    _write_json(sidecar, {**meta, "classes": list(images.classes), "format": out.suffix[1:]})
+        def write_names(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["index", "name", "label", "class"])
+                writer.writerows(zip(range(len(names)), names, labels, classes))
+
+        def write_vectors(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a handle: np.save would add .npy to the temporary name
+                np.save(handle, vectors)
+
+        write_atomically(out, write_vectors, what="the embeddings")
+        write_atomically(out.with_suffix(".csv"), write_names, what="the embeddings' names")
+    write_json(sidecar, {**meta, "classes": list(images.classes), "format": out.suffix[1:]}, what="the embeddings' description")
 
 
 def load_embeddings(path: str | Path) -> Embeddings:
@@ -198,7 +184,7 @@ def load_embeddings(path: str | Path) -> Embeddings:
             vectors = flat.reshape(len(table), -1).astype(np.float32, copy=False)
             names, labels = table.column("name").to_pylist(), table.column("label").to_pylist()
         else:
-            vectors = np.load(out, mmap_mode="r")
+            vectors = load_array(out, mmap_mode="r")
             with open(out.with_suffix(".csv"), newline="") as handle:
                 rows = list(csv.DictReader(handle))
             names, labels = [row["name"] for row in rows], [int(row["label"]) for row in rows]

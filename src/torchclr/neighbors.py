@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from torchclr.data.sources import decode_image, open_images
+from torchclr.data.reader import read_image_file
+from torchclr.data.sources import open_images
 from torchclr.embed import Embeddings
 from torchclr.errors import UserError
+from torchclr.writer import check_output, write_atomically
 
 BACKENDS = ("torch", "faiss")
 TILE = 96
@@ -27,10 +29,12 @@ TILE = 96
 
 @dataclass
 class Neighbours:
-    """For each query row, the indices into the bank of its k nearest vectors and their cosine similarities."""
+    """For each query row, the indices into the bank of its k nearest vectors and their cosine similarities;
+    `left_out`: bank rows holding NaN or infinity, never returned (their similarity is NaN, which sorts first)."""
 
     indices: np.ndarray
     similarities: np.ndarray
+    left_out: int = 0
 
 
 def nearest(bank: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int, backend: str = "torch",
@@ -38,18 +42,25 @@ def nearest(bank: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor,
     """Exact k nearest by cosine similarity; `exclude[i]` is a bank row query i may not return (itself), or -1."""
     if backend not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    bank_t = torch.tensor(np.asarray(bank), dtype=torch.float32)  # a copy: the bank may be a read-only memmap
+    query_t = torch.tensor(np.asarray(queries), dtype=torch.float32)
+    if not torch.isfinite(query_t).all():
+        raise UserError("a query vector holds NaN or infinity: it has no nearest neighbours")
+    finite = torch.isfinite(bank_t).all(1)
+    rows = finite.nonzero().squeeze(1).numpy()  # bank row of each searched row
     extra = 0 if exclude is None else 1
-    if k <= 0 or k + extra > len(bank):
-        raise UserError(f"-k must be between 1 and {len(bank) - extra} (the embeddings hold {len(bank)} vectors), got {k}")
-    bank_t = F.normalize(torch.tensor(np.asarray(bank), dtype=torch.float32), dim=1)  # a copy: the bank may be a read-only memmap
-    query_t = F.normalize(torch.tensor(np.asarray(queries), dtype=torch.float32), dim=1)
+    if k <= 0 or k + extra > len(rows):
+        bad = f", {len(bank) - len(rows)} of them NaN or infinite" if len(rows) < len(bank) else ""
+        raise UserError(f"-k must be between 1 and {len(rows) - extra} (the embeddings hold {len(bank)} vectors{bad}), got {k}")
+    bank_t, query_t = F.normalize(bank_t[finite], dim=1), F.normalize(query_t, dim=1)
     if backend == "faiss":
         sims, idx = _faiss_search(bank_t.numpy(), query_t.numpy(), k + extra)
     else:
         sims, idx = _torch_search(bank_t.to(device), query_t, k + extra, torch.device(device), chunk)
+    idx = rows[idx]
     if exclude is not None:
         sims, idx = _drop(sims, idx, exclude, k)
-    return Neighbours(idx, sims)
+    return Neighbours(idx, sims, left_out=len(bank) - len(rows))
 
 
 @torch.no_grad()
@@ -91,15 +102,13 @@ def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embe
     the bank (another model, another size, h instead of z) is refused before any work."""
     from torchclr.pretrained import load_encoder, load_head
 
-    encoder, transform, info = load_encoder(checkpoint)
     made_by = embeddings.meta
+    encoder, transform, info = load_encoder(checkpoint)
+    check_same_checkpoint(checkpoint, embeddings)
     if info["model"] != made_by["model"] or info["config"].image_size != made_by["image_size"]:
         raise UserError(f"embeddings {embeddings.path} were made by a {_describe(made_by['model'], made_by['image_size'])} "
                         f"but checkpoint {checkpoint} is a {_describe(info['model'], info['config'].image_size)}")
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"query image {path} does not exist")
-    image = transform(decode_image(path.read_bytes(), str(path)))
+    image = transform(read_image_file(path, "--query"))
     with torch.no_grad():
         vector = encoder(image[None])
         if made_by["what"] == "z":
@@ -110,19 +119,35 @@ def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embe
     return vector.numpy()
 
 
+def check_same_checkpoint(checkpoint: str | Path, embeddings: Embeddings) -> None:
+    """Refuse a checkpoint file that is not the one that made `embeddings` (by its SHA-256, or by size and mtime
+    for banks written before the hash was recorded): a re-run pretrain would otherwise change every answer."""
+    from torchclr.embed import checkpoint_identity
+
+    made_by, now = embeddings.meta, checkpoint_identity(Path(checkpoint))
+    keys = ("checkpoint_sha256",) if "checkpoint_sha256" in made_by else ("checkpoint_size", "checkpoint_mtime_ns")
+    if any(made_by.get(key) != now[key] for key in keys):
+        raise UserError(f"checkpoint {checkpoint} is not the file that made --embeddings {embeddings.path} "
+                        f"(its {' and '.join(k.removeprefix('checkpoint_') for k in keys)} changed since): embed again "
+                        "with it, or pass --checkpoint with the file that made them")
+
+
 def _describe(model: dict, image_size: int) -> str:
     stem = ", CIFAR stem" if model.get("cifar_stem") else ""
     return f"{model['arch']} ({image_size} px{stem}, head {model['head']} -> {model['proj_dim']})"
 
 
 def write_csv(path: str | Path, neighbours: Neighbours, bank: Embeddings, query_names: list[str]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["query", "rank", "neighbour", "class", "similarity"])
-        for row, query in enumerate(query_names):
-            for rank, (index, sim) in enumerate(zip(neighbours.indices[row], neighbours.similarities[row]), start=1):
-                label = bank.labels[index]
-                writer.writerow([query, rank, bank.names[index], bank.classes[label] if label >= 0 else "", f"{sim:.6f}"])
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["query", "rank", "neighbour", "class", "similarity"])
+            for row, query in enumerate(query_names):
+                for rank, (index, sim) in enumerate(zip(neighbours.indices[row], neighbours.similarities[row]), start=1):
+                    label = bank.labels[index]
+                    writer.writerow([query, rank, bank.names[index], bank.classes[label] if label >= 0 else "", f"{sim:.6f}"])
+
+    write_atomically(path, write, what="the neighbours (--out)")
 
 
 def _tile(image: torch.Tensor | None, caption: str, size: int = TILE) -> Image.Image:
@@ -147,7 +172,7 @@ def contact_sheet(rows: list[tuple[tuple[torch.Tensor, str], list[tuple[torch.Te
         sheet.paste(_tile(*query), (0, y))
         for c, item in enumerate(found, start=1):
             sheet.paste(_tile(*item), (c * (TILE + 4) + 12, y))
-    sheet.save(path)
+    write_atomically(path, lambda tmp: sheet.save(tmp, format="PNG"), what="the contact sheet")
 
 
 def grid_rows(neighbours: Neighbours, bank: Embeddings, queries: list[tuple[torch.Tensor, str]]
@@ -172,6 +197,12 @@ def search(embeddings: str | Path, k: int, query: str | None = None, index: int 
     from torchclr.runtime import resolve_device
 
     bank = load_embeddings(embeddings)
+    inputs = [bank.path, bank.path.with_suffix(".csv"), bank.path.with_suffix(".json")]
+    if query_embeddings is not None:
+        inputs += [Path(query_embeddings), Path(query_embeddings).with_suffix(".csv")]
+    for option, target in (("--out", out), ("--grid", grid)):
+        if target:
+            check_output(target, option, inputs=inputs + ([Path(query)] if query else []))
     exclude = None
     if query_embeddings is not None:
         queries = load_embeddings(query_embeddings)
@@ -188,6 +219,8 @@ def search(embeddings: str | Path, k: int, query: str | None = None, index: int 
     else:
         raise UserError("give one of --query, --index or --query-embeddings")
     found = nearest(bank.vectors, vectors, k, backend, resolve_device(device), exclude)
+    note = ([f"note: left out {found.left_out} of the {len(bank.names):,} vectors of {embeddings}: they hold NaN or infinity"]
+            if found.left_out else [])
     if query_embeddings is not None:
         lines = [f"{len(names):,} queries of {query_embeddings} against {len(bank.names):,} vectors of {embeddings}, k = {k}"]
         if queries.labelled and bank.labelled and queries.classes == bank.classes:
@@ -202,11 +235,11 @@ def search(embeddings: str | Path, k: int, query: str | None = None, index: int 
         write_csv(out, found, bank, names)
     if grid:
         if query is not None:
-            tiles = [(decode_image(Path(query).read_bytes(), query), "query")]
+            tiles = [(read_image_file(query, "--query"), "query")]
         else:
             tiles = _tiles_of(queries if query_embeddings is not None else bank, names)
         contact_sheet(grid_rows(found, bank, tiles), grid)
-    return "\n".join(lines)
+    return "\n".join(note + lines)
 
 
 def _image_reader(embeddings: Embeddings) -> Callable[[str], torch.Tensor]:

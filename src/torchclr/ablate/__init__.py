@@ -18,6 +18,7 @@ from torchclr.ablate import augment_pairs, batch_epochs, color_strength, head, l
 from torchclr.ablate.report import Summary, summarise, verdict
 from torchclr.ablate.runner import (BUDGETS, Budget, Figures, Study, machine, prepare_subset, random_baseline, read_results,
                                    run_cells)
+from torchclr.writer import write_text
 
 # `all` runs them in this order: the long augment-pairs grid last.
 STUDIES: dict[str, Study] = {s.name: s for s in (color_strength.STUDY, head.STUDY, loss.STUDY, batch_epochs.STUDY,
@@ -89,7 +90,7 @@ def write_report(out: Path, report: Path, data: str, command: str, load: str, ru
     if missing:
         parts.append(f"## Not run yet\n\nNo results in {out} for {', '.join(missing)}: `torchclr ablate STUDY` runs them.")
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n\n".join(parts) + "\n")
+    write_text(report, "\n\n".join(parts) + "\n", what="the ablation report")
     return report
 
 

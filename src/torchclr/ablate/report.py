@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from torchclr.writer import save_figure
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -91,7 +93,7 @@ def bars(labels: Sequence[str], summaries: Sequence[Summary | None], title: str,
         other.set_ylabel("paper's top-1 %", color="tab:orange")
     axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -110,7 +112,7 @@ def lines(x_values: Sequence[float], series: dict[str, Sequence[Summary | None]]
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -131,5 +133,5 @@ def heat_map(names: Sequence[str], grid: list[list[float | None]], title: str, p
     axis.set(title=title, xlabel="2nd transformation", ylabel="1st transformation")
     fig.colorbar(image, ax=axis, label="kNN top-1 %")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)

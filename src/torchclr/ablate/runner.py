@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from torchclr.errors import UserError
+from torchclr.options import check_seed
+from torchclr.writer import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ def parse_seeds(text: str | None, budget: Budget) -> tuple[int, ...]:
         raise UserError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds must list distinct seeds, got {text!r}")
+    for seed in seeds:
+        check_seed("--seeds", seed)
     return seeds
 
 
@@ -165,7 +169,7 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
                             f"of --budget {budget.name}; use more images or a smaller --budget")
     if skipped:
         say(f"subset of --data {data}: skipped {len(skipped)} images that could not be decoded (first: {skipped[0]})")
-    done.write_text(json.dumps({"data": data}))
+    write_json(done, {"data": data}, what="the subset's record")
     return folder
 
 
@@ -173,10 +177,27 @@ def cell_key(cell: Cell, seed: int) -> str:
     return f"{cell.name}/seed{seed}"
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
+def read_results(path: Path, say: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
+    """The finished cells recorded in `path`. A line that is not a result (the last one, cut by a killed run) is
+    left out with a note and, when `say` is given, removed from the file, so that the next append starts a line."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    kept = [line for line in lines if line.strip() and _is_result(line)]
+    dropped = sum(1 for line in lines if line.strip()) - len(kept)
+    if dropped and say is not None:
+        say(f"note: {path.name}: left out {dropped} line(s) that are not complete results (a run cut short?); "
+            "those cells run again")
+        write_text(path, "".join(line + "\n" for line in kept), what="ablation results")
+    return [json.loads(line) for line in kept]
+
+
+def _is_result(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and isinstance(record.get("cell"), str) and isinstance(record.get("seed"), int)
 
 
 def run_cell(cell: Cell, seed: int, budget: Budget, subset: Path, work: Path, device: str) -> dict[str, Any]:
@@ -231,7 +252,7 @@ def random_baseline(subset: Path, budget: Budget, out: Path, device: str) -> flo
     torch.manual_seed(0)
     encoder = build_encoder(BASE_SETTINGS["arch"], budget.image_size, budget.cifar_stem)
     score = knn_scores({"knn_top1_h": encoder}, subset, budget.image_size, device)["knn_top1_h"]
-    path.write_text(json.dumps({"knn_top1_h": score}))
+    write_json(path, {"knn_top1_h": score}, what="the random baseline")
     return score
 
 
@@ -255,7 +276,7 @@ def knn_scores(networks: dict[str, Any], subset: Path, image_size: int, device_n
 def run_cells(cells: list[Cell], seeds: tuple[int, ...], budget: Budget, subset: Path, results_file: Path,
               device: str, say: Any = print) -> list[dict[str, Any]]:
     """Every (cell, seed) not yet in `results_file`, each appended to it as one JSON line when done; returns all."""
-    finished = {cell_key(Cell(r["cell"]), r["seed"]) for r in read_results(results_file)}
+    finished = {cell_key(Cell(r["cell"]), r["seed"]) for r in read_results(results_file, say)}
     todo = [(cell, seed) for cell in cells for seed in (seeds if cell.headline else seeds[:1])
             if cell_key(cell, seed) not in finished]
     if len(finished):
@@ -263,8 +284,10 @@ def run_cells(cells: list[Cell], seeds: tuple[int, ...], budget: Budget, subset:
     results_file.parent.mkdir(parents=True, exist_ok=True)
     for number, (cell, seed) in enumerate(todo, start=1):
         result = run_cell(cell, seed, budget, subset, results_file.parent / "work", device)
-        with results_file.open("a") as handle:
+        with results_file.open("a") as handle:  # one write of a whole line; a cut one is dropped by read_results
             handle.write(json.dumps(result) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         shown = ", ".join(f"{k} {v}" for k, v in result.items() if k.startswith("knn") or k in ("diverged", "seconds"))
         say(f"[{number}/{len(todo)}] {cell.name} seed {seed}: {shown}")
     return read_results(results_file)

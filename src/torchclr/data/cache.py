@@ -10,7 +10,6 @@ than read stale.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -24,8 +23,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
-
+from torchclr.data.reader import header_size, load_array
 from torchclr.data.skips import BadFile
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
@@ -118,13 +116,7 @@ def _header_shape(images: ImageSet, index: int) -> tuple[int, int]:
     """(height, width) from the file's header, without decoding its pixels; a broken file raises BadFile."""
     assert images.read_bytes is not None
     name = images.names[index]
-    data = images.read_bytes(name)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Exception:  # PIL's many header errors: let the decoder raise its BadFile with the reason
-        height, width = images.image(index).shape[-2:]
-    return height, width
+    return header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels)
 
 
 def _record(images: ImageSet, bad: list[BadFile], err: BadFile) -> None:
@@ -174,8 +166,8 @@ def _load_padded_cache(cache_file: Path, count: int) -> tuple[torch.Tensor, torc
     if not (cache_file.exists() and sizes_file.exists()):
         return None
     try:
-        array = np.load(cache_file, mmap_mode="c", allow_pickle=False)
-        sizes = np.load(sizes_file, allow_pickle=False)
+        array = load_array(cache_file, mmap_mode="c")
+        sizes = load_array(sizes_file)
         bad = _read_skip_list(cache_file)
     except (OSError, ValueError, TypeError) as err:
         print(f"torchclr: note: ignoring unreadable cache file {cache_file} ({err}); decoding again", file=sys.stderr)
@@ -210,7 +202,7 @@ def _decode_into_cache(images: ImageSet, side: int, padded_side: int, sizes: tor
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return torch.from_numpy(np.load(cache_file, mmap_mode="c", allow_pickle=False)), bad
+    return torch.from_numpy(load_array(cache_file, mmap_mode="c")), bad
 
 
 def _skip_list_file(cache_file: Path) -> Path:
@@ -301,7 +293,7 @@ def _first_decodable(images: ImageSet) -> torch.Tensor:
 def _load_square_cache(path: Path, count: int, size: int) -> tuple[torch.Tensor, list[BadFile]] | None:
     """The cached views and skipped files, or None (with a note) when the file is not a plain uint8 array of the right shape."""
     try:
-        array = np.load(path, mmap_mode="c", allow_pickle=False)
+        array = load_array(path, mmap_mode="c")
         bad = _read_skip_list(path)
     except (OSError, ValueError, TypeError) as err:
         print(f"torchclr: note: ignoring unreadable cache file {path} ({err}); decoding again", file=sys.stderr)

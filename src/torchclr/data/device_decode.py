@@ -10,15 +10,13 @@ On the CPU the same functions run with device "cpu" (what the tests exercise), w
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from torchclr.data.cache import fit_within
-from torchclr.data.skips import BadFile
+from torchclr.data.reader import decode_jpegs, is_jpeg_at_most
+from torchclr.data.skips import ReadPolicy
 
 DRAFT_ABOVE = 4  # a JPEG whose longer side exceeds this many stored sides is decoded in the worker, in draft mode
 
@@ -34,15 +32,9 @@ class EncodedJpeg:
         return EncodedJpeg(self.data.pin_memory(), self.where)
 
 
-def worth_decoding_on_device(data: bytes, side: int) -> bool:
+def worth_decoding_on_device(data: bytes, side: int, max_pixels: int = ReadPolicy.max_image_pixels) -> bool:
     """A JPEG (by its header) not so large that draft-mode decoding in a worker would be much cheaper."""
-    if data[:3] != b"\xff\xd8\xff":
-        return False
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return max(img.size) <= DRAFT_ABOVE * side
-    except Exception:  # a broken header: let the worker's decoder name the problem
-        return False
+    return is_jpeg_at_most(data, DRAFT_ABOVE * side, max_pixels)
 
 
 def decode_on_device(items: list[torch.Tensor | str | EncodedJpeg], side: int,
@@ -58,18 +50,8 @@ def decode_on_device(items: list[torch.Tensor | str | EncodedJpeg], side: int,
     if not jpegs:
         return out
     encoded = [items[index].data for index in jpegs]  # type: ignore[union-attr]
-    try:
-        decoded: list[torch.Tensor | str] = list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        decoded = [_decode_one(data, items[index].where, device) for index, data in zip(jpegs, encoded)]  # type: ignore[union-attr]
+    decoded = decode_jpegs(encoded, [items[index].where for index in jpegs], device)  # type: ignore[union-attr]
     for index, image in zip(jpegs, decoded):
         out[index] = image if isinstance(image, str) else fit_within(image, side)
     return out
 
-
-def _decode_one(data: torch.Tensor, where: str, device: torch.device) -> torch.Tensor | str:
-    try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0].rsplit(", ", 1)[-1]  # drop torchvision's source location
-        return str(BadFile(where, "truncated or corrupt", reason))

@@ -7,14 +7,12 @@ available now, and a folder of photos gets a view size that suits photos; both c
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import statistics
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
-
+from torchclr.data.reader import header_size
 from torchclr.data.skips import BadFile
 from torchclr.data.sources import ImageSet
 
@@ -44,10 +42,9 @@ def sample_sizes(images: ImageSet, count: int = SIZE_SAMPLE, seed: int = 0) -> l
     for index in chosen:
         name = images.names[index]
         try:
-            with Image.open(io.BytesIO(images.read_bytes(name))) as img:  # type: ignore[misc]
-                sizes.append((img.height, img.width))
-        except (BadFile, UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            continue  # a broken file is reported where it is decoded
+            sizes.append(header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels))  # type: ignore[misc]
+        except BadFile:
+            continue  # skipped and counted where it is decoded, once
     return sizes
 
 

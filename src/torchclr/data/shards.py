@@ -22,6 +22,7 @@ from torchclr.data.names import PackedNames
 from torchclr.errors import UserError
 
 LABEL_SUFFIX = ".cls"
+MAX_CLASSES = 1_000_000  # class indices above this are not a labelling (the class list is built 0..max)
 
 
 def shard_paths(path: Path) -> list[Path]:
@@ -86,7 +87,7 @@ def _index_shard(path: Path, extensions: tuple[str, ...]) -> list[tuple[str, int
                     images.append((member.name, member.offset_data, member.size))
                 elif lower.endswith(LABEL_SUFFIX):
                     key = member.name[: -len(LABEL_SUFFIX)]
-                    labels[key] = _class_index(archive.extractfile(member).read(), f"{path}/{member.name}")  # type: ignore[union-attr]
+                    labels[key] = _class_index(archive.extractfile(member).read(65), f"{path}/{member.name}")  # type: ignore[union-attr]
             end = archive.offset
     except tarfile.ReadError as err:
         if not images:
@@ -103,9 +104,12 @@ def _index_shard(path: Path, extensions: tuple[str, ...]) -> list[tuple[str, int
 
 
 def _class_index(raw: bytes, where: str) -> int:
-    text = raw.decode(errors="replace").strip()
-    if not text.isdigit():
+    """The member's class index; text that is not one, or an index past MAX_CLASSES, is one line naming it."""
+    text = raw[:64].decode(errors="replace").strip()
+    if not (text.isascii() and text.isdigit()) or len(raw) > 64:
         raise UserError(f"data shard member {where} must hold a class index, got {text[:40]!r}")
+    if int(text) >= MAX_CLASSES:
+        raise UserError(f"data shard member {where} holds class index {text[:40]}, over the {MAX_CLASSES:,} classes torchclr accepts")
     return int(text)
 
 

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchclr.data.cache import fit_within, pad_to
 from torchclr.data.device_decode import EncodedJpeg, decode_on_device, worth_decoding_on_device
 from torchclr.data.loaders import ViewPair, default_workers, epoch_sampler, view_generator
-from torchclr.data.sources import ImageSet, decode_image
+from torchclr.data.reader import decode_image
+from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
 from torchclr.transforms import AugmentSpec, BatchAugment, StagedAugment
 
@@ -44,7 +45,7 @@ class BoundedImages(Dataset):
             assert self.images.read_bytes is not None  # streamed sets are read from files
             name = self.images.names[index]
             where, data = f"{self.images.origin}/{name}", self.images.read_bytes(name)
-            if worth_decoding_on_device(data, self.side):
+            if worth_decoding_on_device(data, self.side, self.images.policy.max_image_pixels):
                 return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), where)
             image = decode_image(data, where, self.images.policy.max_image_pixels, draft_side=self.side)
             return fit_within(image, self.side)

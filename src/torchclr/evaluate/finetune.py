@@ -120,6 +120,9 @@ def finetune(
 ) -> dict[str, float]:
     """Top-1/top-5 (%) on the test images of a copy of `encoder` fine-tuned on a labelled subset of uint8 train images."""
     subset = labelled_subset(train_labels, settings.label_fraction, settings.seed)
+    if len(subset) < MIN_PIECE:  # train-mode BN (the memory probe's too) cannot take a batch of 1
+        raise UserError(f"fine-tuning needs at least {MIN_PIECE} labelled training images; --label-fraction "
+                        f"{settings.label_fraction:g} of {len(train_labels)} gives {len(subset)}: use a larger fraction or more images")
     images, labels = train_images[subset], train_labels[subset]
     epochs = settings.epochs or paper_epochs(settings.label_fraction)
     batch_size = min(settings.batch_size, len(subset))

@@ -9,7 +9,6 @@ waits idle on another's extraction.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torchclr.evaluate.knn import accuracy, knn_predict
 from torchclr.evaluate.linear import LinearSettings, linear_eval
 from torchclr.evaluate.logreg import linear_probe
 from torchclr.models import build_encoder
+from torchclr.writer import write_json
 from torchclr.models.encoders import CUSTOM_ARCH
 
 LARGE_SET_KNN_EVERY = 10  # epochs between kNN monitors when the labelled data is read in batches
@@ -204,5 +204,5 @@ def final_report(labelled: LabelledEval, encoder: nn.Module, config: Any, device
     results = evaluate_encoders(labelled, encoders, device, protocol, linear_settings=LinearSettings(seed=config.seed))
     if distributed.is_main_process():
         print(format_table(results, f"{PROTOCOLS[protocol]} (--final-protocol {protocol})", labelled), flush=True)
-        (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
+        write_json(run_dir / "linear_eval.json", results, what="the final evaluation")
     return results

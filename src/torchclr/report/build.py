@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from torchclr.data.sources import ImageSet, open_images
 from torchclr.errors import UserError
 from torchclr.report import page, plots
 from torchclr.report.projection import project_2d
+from torchclr.writer import write_text
 
 PREVIEW_PAIRS = 8
 EXAMPLE_QUERIES = 6
@@ -40,13 +42,37 @@ def read_run(run_dir: Path) -> tuple[PretrainConfig, list[dict[str, Any]]]:
         if not needed.is_file():
             raise UserError(f"run folder {run_dir} has no {needed.name} (give the --out-dir of a torchclr pretrain run)")
     try:
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         config = from_dict(yaml.safe_load(config_file.read_text()) or {}, f"run folder {run_dir}")
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"run folder {run_dir}: cannot read its metrics or config: {err}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"run folder {run_dir}: cannot read its config: {err}") from None
+    lines = [line for line in metrics.read_text(errors="replace").splitlines() if line.strip()]
+    records = [record for record in map(_metric_record, lines) if record is not None]
+    if len(records) < len(lines):
+        _note(f"{metrics}: skipped {len(lines) - len(records)} of {len(lines)} lines that are not metric records "
+              "(not a JSON object, or a step, epoch or value that is not a number)")
     if not records:
-        raise UserError(f"run folder {run_dir}: metrics.jsonl is empty (the run logged no step yet)")
+        raise UserError(f"run folder {run_dir}: metrics.jsonl holds no metric record (the run logged no step yet)")
     return config, records
+
+
+NUMERIC_METRICS = ("step", "epoch", "loss", "lr", "knn_top1")
+
+
+def _metric_record(line: str) -> dict[str, Any] | None:
+    """The record on one line of metrics.jsonl, or None when it is not one (cut, not an object, wrongly typed)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    numbers_ok = all(isinstance(record[key], (int, float)) and not isinstance(record[key], bool)
+                     for key in NUMERIC_METRICS if key in record)
+    return record if numbers_ok else None
+
+
+def _note(text: str) -> None:
+    print(f"torchclr: note: {text}", file=sys.stderr, flush=True)
 
 
 def _subset(images: ImageSet, indices: list[int]) -> ImageSet:
@@ -193,13 +219,25 @@ def _summary(run_dir: Path, config: PretrainConfig, records: list[dict[str, Any]
         rows.append((f"kNN monitor top-1 % (epoch {knn[-1]['epoch']})", f"{knn[-1]['knn_top1']:.2f}"))
     linear = run_dir / "linear_eval.json"
     if linear.is_file():
-        for name, result in json.loads(linear.read_text()).items():
-            protocol = result.get("protocol", "logreg")  # older runs wrote none: theirs was L-BFGS
-            rows.append((f"{protocol} evaluation: {name}", f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"))
+        rows += _final_evaluation(linear)
     return rows
+
+
+def _final_evaluation(path: Path) -> list[tuple[str, Any]]:
+    """Rows of the run's final evaluation table; a file that is not one is left out of the page with a note."""
+    try:
+        results = json.loads(path.read_text(errors="replace"))
+        rows = []
+        for name, result in results.items():
+            protocol = result.get("protocol", "logreg")  # older runs wrote none: theirs was L-BFGS
+            rows.append((f"{protocol} evaluation: {name}", f"top-1 {float(result['top1']):.2f} %, top-5 {float(result['top5']):.2f} %"))
+        return rows
+    except (OSError, ValueError, RecursionError, AttributeError, KeyError, TypeError) as err:
+        _note(f"left {path} out of the report: it is not an evaluation table ({type(err).__name__})")
+        return []
 
 
 def _write(out: Path, config: PretrainConfig, sections: list[str]) -> Path:
     path = out / "index.html"
-    path.write_text(page.page(f"torchclr report: {Path(config.out_dir).name}", sections))
+    write_text(path, page.page(f"torchclr report: {Path(config.out_dir).name}", sections), what="the report")
     return path

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from torchclr.errors import UserError
+from torchclr.writer import save_figure
 
 
 def pyplot() -> Any:
@@ -42,7 +43,7 @@ def curves(records: list[dict[str, Any]], path: Path) -> list[str]:
         axis.set(title=title, xlabel=x_label)
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return [title for title, *_ in panels]
 
@@ -61,7 +62,7 @@ def scatter(points: np.ndarray, labels: np.ndarray | None, classes: list[str], t
         axis.legend(markerscale=3, fontsize=8, loc="best", ncol=1 + len(classes) // 12)
     axis.set(title=title, xticks=[], yticks=[])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -73,5 +74,5 @@ def per_class_bars(accuracy: dict[str, float], path: Path) -> None:
     axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axis.set(ylabel="top-1 (%)", ylim=(0, 100), title="kNN accuracy per class")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)

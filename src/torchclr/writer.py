@@ -1,0 +1,161 @@
+"""The one writer: every file torchclr writes (checkpoints, embeddings, exports, reports, results, JSON) goes here.
+
+A write goes to a temporary file in the target folder, is checked (when the caller says how), synced and renamed
+over the target: a crash, a signal or a failed check never leaves half a file at the target path, and whatever was
+there before stays intact until the new file is whole. Output paths are checked before any work
+(`check_output`): a folder in the way, a path under a file, a folder that cannot be written or a path that is one
+of the command's own inputs is one line naming the option, so that an hour of evaluation is never lost to a typo
+in `--json`. A missing folder is created, with a one-line note (the same rule for every command).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from torchclr.errors import UserError
+from torchclr.interrupt import Interrupted
+
+TEMP_SUFFIX = ".tmp"
+
+
+def check_output(path: str | Path, option: str, *, inputs: Sequence[str | Path] = ()) -> Path:
+    """`path` as a place this command may write, checked before any work; raises UserError naming `option`.
+
+    Refused: an existing folder at `path`, a parent that is a file, a folder without write permission, and any of
+    `inputs` (the command's own input files: writing there would destroy what it reads). A missing parent folder is
+    created, with a note.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise UserError(f"{option} {path} is {source}, an input of this command; writing it would destroy it")
+    parent = path.parent
+    blocking = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{option} {path}: {blocking} is a file, not a folder")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as err:
+            raise UserError(f"{option} {path}: cannot create folder {parent}: {err.strerror or err}") from None
+        print(f"torchclr: note: created folder {parent} for {option}", file=sys.stderr, flush=True)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: no permission to write in {parent}")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def describe_error(err: OSError, path: Path, what: str) -> str:
+    """One line for an OSError met while writing `what` to `path`."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device to write {what} {path}; nothing was written there"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write {what} {path} ({err.strerror})"
+    if err.errno == errno.ENOENT:
+        return f"cannot write {what} {path}: folder {path.parent} does not exist"
+    if err.errno == errno.ENOTDIR:
+        return f"cannot write {what} {path}: a file stands where a folder of the path should be"
+    if err.errno == errno.EISDIR:
+        return f"cannot write {what} {path}: it is a folder"
+    return f"cannot write {what} {path}: {err.strerror or err}"
+
+
+@contextmanager
+def signals_raise(what: str) -> Iterator[None]:
+    """While inside, SIGTERM raises `Interrupted` (as Ctrl-C raises KeyboardInterrupt), so that a write in progress
+    removes its temporary file instead of the process dying with it half-written (where SIGTERM would kill)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield  # handlers may only be set in the main thread; a training loop's own handler (StopSignals) is kept
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} while writing {what}; nothing was left half-written")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def replace_file(path: str | Path, write: Callable[[Path], None], check: Callable[[Path], Any] | None = None) -> Any:
+    """`write(temporary)` then `check(temporary)` (its result is returned), fsync and rename onto `path`.
+
+    Any failure (an exception from `write` or `check`, a full disk, a signal) removes the temporary file and leaves
+    `path` as it was; OSErrors propagate (see `write_atomically` for the one-line form).
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        with signals_raise(str(path)):
+            write(tmp)
+            result = check(tmp) if check is not None else None
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], None], *, what: str,
+                     check: Callable[[Path], Any] | None = None) -> Any:
+    """`replace_file`, with an OSError (full disk, no permission, a missing folder) as one line naming `what`."""
+    try:
+        return replace_file(path, write, check)
+    except OSError as err:
+        raise UserError(describe_error(err, Path(path), what)) from None
+
+
+def bytes_writer(data: bytes) -> Callable[[Path], None]:
+    """A `write` for `replace_file` that puts `data` in the file."""
+    def write(tmp: Path) -> None:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
+            handle.write(data)
+    return write
+
+
+def write_bytes(path: str | Path, data: bytes, *, what: str) -> None:
+    write_atomically(path, bytes_writer(data), what=what)
+
+
+def write_text(path: str | Path, text: str, *, what: str) -> None:
+    write_bytes(path, text.encode(), what=what)
+
+
+def write_json(path: str | Path, values: Any, *, what: str) -> None:
+    write_text(path, json.dumps(values, indent=2), what=what)
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> None:
+    """A matplotlib figure as a PNG, atomically."""
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi), what="the figure")
+
+
+def remove_stale_temporaries(folder: Path, pattern: str) -> list[Path]:
+    """Delete temporary files of writes whose process was killed (only this module's naming: `.NAME.*.tmp`)."""
+    stale = [p for p in folder.glob(f".{pattern}.*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
