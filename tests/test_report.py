@@ -39,7 +39,7 @@ def test_report_of_a_labelled_run(trained_run: Path) -> None:  # noqa: F811
 
 def test_preview_views_are_those_of_the_first_training_step(tiny_folder: Path) -> None:
     config = PretrainConfig(data=str(tiny_folder), batch_size=16, seed=5, image_size=32)
-    originals, one, two = first_batch_views(config, pairs=8)
+    originals, (one, two) = first_batch_views(config, pairs=8)
     training = BatchedViews(open_images(config.data, "train"), config.augment_spec(), 16, torch.device("cpu"), config.seed)
     first, second = next(training.epoch(0))
     assert torch.equal(one, first[:8]) and torch.equal(two, second[:8])

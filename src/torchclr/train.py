@@ -30,8 +30,7 @@ from tqdm import tqdm
 from torchclr import checkpoint, distributed, memory
 from torchclr.budget import UNPLANNED_STEPS, TimeBudget, parse_duration
 from torchclr.config import PretrainConfig
-from torchclr.data.cache import default_stored_size
-from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
+from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches, stored_size_for
 from torchclr.data.plan import choose_mode, default_image_size, sample_sizes
 from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import ImageSet, open_images
@@ -135,14 +134,20 @@ class StepContext:
             return self.model(images)[1]
 
 
-def training_step(ctx: StepContext, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """One step on a batch of view pairs; both views go through the network as one batch (BN sees 2N),
-    or, with gradient caching, chunk by chunk with the same gradient (see `torchclr.gradcache`)."""
+def training_step(ctx: StepContext, *views: torch.Tensor) -> torch.Tensor:
+    """One step on a batch's views, view-major: a pair of views [N, ...] each, or multi-crop groups [count x N, ...]
+    each (see `torchclr.transforms.multicrop`). The views of one size go through the network as one batch (BN sees
+    2N for a pair), one forward per size as SwAV does, and z is their concatenation; or, with gradient caching (two
+    views), chunk by chunk with the same gradient (see `torchclr.gradcache`)."""
     ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.grad_cache_chunk and ctx.grad_cache_chunk < len(first):
+    if ctx.grad_cache_chunk and ctx.grad_cache_chunk < len(views[0]):
+        if len(views) != 2 or views[0].shape != views[1].shape:
+            raise UserError("gradient caching runs two views per image; use --grad-cache-chunk off with --views")
+        first, second = views
         loss = grad_cache_backward(ctx.model, ctx.embed, ctx.loss_fn, first, second, ctx.grad_cache_chunk, ctx.scaler.scale)
     else:
-        z = ctx.embed(torch.cat([first, second]))
+        same_size = (list(group) for _, group in itertools.groupby(views, key=lambda view: view.shape[-2:]))
+        z = torch.cat([ctx.embed(group[0] if len(group) == 1 else torch.cat(group)) for group in same_size])
         with ctx.autocast():
             loss = ctx.loss_fn(z)
         ctx.scaler.scale(loss).backward()
@@ -168,8 +173,8 @@ def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_s
     log_every = max(1, batches.steps_per_epoch // 10)
     total, finite, count, start = torch.zeros((), device=ctx.device), torch.zeros((), device=ctx.device), 0, time.perf_counter()
     bar = tqdm(total=batches.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
-    for step_in_epoch, (first, second) in enumerate(batches.epoch(epoch, start_step), start=start_step + 1):
-        loss = training_step(ctx, first, second)
+    for step_in_epoch, views in enumerate(batches.epoch(epoch, start_step), start=start_step + 1):
+        loss = training_step(ctx, *views)
         total += torch.where(loss.isfinite(), loss, 0.0)  # a step skipped by --skip-nonfinite-steps has no loss
         finite += loss.isfinite()
         count += 1
@@ -183,9 +188,11 @@ def train_one_epoch(ctx: StepContext, batches: ViewBatches, epoch: int, global_s
             value, lr = distributed.mean_over_ranks(loss).item(), ctx.optimizer.param_groups[0]["lr"]
             if not math.isfinite(value) and not (ctx.guard is not None and ctx.guard.skip_nonfinite):
                 raise DivergedError(f"loss became {value} by step {global_step}; lower --lr or raise --temperature")
-            images_per_s = count * len(first) * distributed.world_size() / (time.perf_counter() - start)
+            images_per_s = count * batches.batch_size * distributed.world_size() / (time.perf_counter() - start)
+            views_per_s = images_per_s * sum(map(len, views)) / batches.batch_size
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}")
-            record = {"step": global_step, "epoch": epoch + 1, "loss": value, "lr": lr, "images_per_s": images_per_s}
+            record = {"step": global_step, "epoch": epoch + 1, "loss": value, "lr": lr, "images_per_s": images_per_s,
+                      "views_per_s": views_per_s}
             run.log({k: v for k, v in record.items() if k != "loss" or math.isfinite(value)})
         if after_step is not None:
             after_step(step_in_epoch, global_step)
@@ -199,6 +206,9 @@ def _with_image_size(config: PretrainConfig, images: ImageSet, sizes: list[tuple
     """The config with --image-size set: as given, or from the data (a folder of photos gets photo-sized views)."""
     if config.image_size is not None:
         return config
+    views = config.view_groups()
+    if views is not None:
+        return dataclasses.replace(config, image_size=views.large_size)
     schedule = config.resolution()
     if schedule is not None:
         return dataclasses.replace(config, image_size=schedule.final_size)
@@ -234,16 +244,20 @@ def _view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[in
         _say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
         batches = PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
     else:
-        stored = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+        views = config.multi_crop()
+        if views is not None:
+            _say(f"views: {views.describe()}: {views.views} per image (--views {config.views})")
+        stored = config.stored_size or stored_size_for(spec, views)
         plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
         _say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
         if plan.mode == "stream":
             on_device = config.decode == "device" or (config.decode == "auto" and device.type == "cuda")
             _say(f"data: JPEGs decoded {f'on {device} in batches' if on_device else 'in DataLoader workers'} (--decode {config.decode})")
             batches = StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers,
-                                    on_device)
+                                    on_device, views=views)
         else:
-            batches = BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored)
+            batches = BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored,
+                                   views=views)
     if images.skipped.entries and rank == 0:
         images.skipped.write_csv(run.dir / "skipped_files.csv")
         tqdm.write(f"torchclr: {images.skipped.summary(listed)}; list in {run.dir / 'skipped_files.csv'}", file=sys.stderr)
@@ -357,10 +371,13 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     total_steps = batches.steps_per_epoch * config.epochs if budget is None else max(UNPLANNED_STEPS, warmup_steps)
     scheduler = warmup_cosine_scheduler(optimizer, total_steps, warmup_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    loss_fn = build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize)
+    views = config.multi_crop()
+    loss_fn = build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize,
+                         views=views.views if views is not None else 2, anchor_views=config.anchor_views())
     ctx = StepContext(forward_model, loss_fn, optimizer, scheduler, scaler, device, dtype, config.channels_last)
     plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
-                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0)
+                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0,
+                                   views=views)
     ctx.grad_cache_chunk = plan.chunk
     if labelled is not None:
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk

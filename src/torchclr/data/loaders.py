@@ -1,4 +1,5 @@
-"""Pairs of views per step, two ways: batched on the training device (fast) or per image in workers (reference).
+"""Pairs of views per step, two ways: batched on the training device (fast) or per image in workers (reference);
+the batched way also makes multi-crop views (more than two per image, see `torchclr.transforms.multicrop`).
 
 Both draw the images of an epoch with a DistributedSampler (one shard per process, reshuffled by
 `set_epoch`), so they see the same images in the same order for the same seed, and resume exactly.
@@ -19,16 +20,20 @@ from torchclr.data.cache import default_stored_size, materialize_padded
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
 from torchclr.transforms import AugmentSpec, BatchAugment, TwoViews, view_transform
+from torchclr.transforms.batched import MultiCropAugment
+from torchclr.transforms.multicrop import MultiCrop
 
 GPU_RESIDENT_SHARE = 0.25  # keep a decoded data set on the GPU itself when it takes at most this share of its free memory
 
 ViewPair = tuple[torch.Tensor, torch.Tensor]
+Views = tuple[torch.Tensor, ...]  # a step's views: a pair [B,...] each, or multi-crop groups [count·B,...] each
 
 
 class ViewBatches(Protocol):
     steps_per_epoch: int
+    batch_size: int  # images per step on this process
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]: ...
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Views]: ...
 
 
 def _sampler(size: int, seed: int, rank: int, world: int) -> DistributedSampler:
@@ -64,6 +69,18 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def stored_size_for(spec: AugmentSpec, views: MultiCrop | None = None) -> int:
+    """The default stored side: large enough for every view group's smallest crop at its view size."""
+    if views is None:
+        return default_stored_size(spec.image_size, spec.crop_scale)
+    return max(default_stored_size(group.size, group.scale) for group in views.groups)
+
+
+def augmentation(spec: AugmentSpec, views: MultiCrop | None = None) -> BatchAugment | MultiCropAugment:
+    """The batched augmentation of a run: two views, or the multi-crop groups of `views`."""
+    return BatchAugment(spec) if views is None else MultiCropAugment(spec, views)
+
+
 class BatchedViews:
     """Index the decoded uint8 tensor and augment the whole batch at once where the model runs.
 
@@ -75,8 +92,8 @@ class BatchedViews:
 
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, cache_dir: str | None = None,
-                 stored_size: int | None = None) -> None:
-        side = stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+                 stored_size: int | None = None, views: MultiCrop | None = None) -> None:
+        side = stored_size or stored_size_for(spec, views)
         held = hold_in_memory(images, side, cache_dir)
         tensor, sizes = held.tensor, held.sizes
         assert tensor is not None
@@ -86,11 +103,11 @@ class BatchedViews:
         self.sizes = None if sizes is None else sizes.to(tensor.device)
         self.sampler = _sampler(len(tensor), seed, rank, world)
         self.steps_per_epoch = len(self.sampler) // batch_size
-        self.augment = BatchAugment(spec)
+        self.augment = augmentation(spec, views)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed * 1000 + rank)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Views]:
         """The epoch's batches from `start_step` on (a mid-epoch resume restores the generator's state there)."""
         self.sampler.set_epoch(epoch)
         order = _to_device(torch.tensor(list(self.sampler), dtype=torch.long), self.images.device)
@@ -98,7 +115,7 @@ class BatchedViews:
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             batch = _to_device(self.images[index], self.device)
             sizes = None if self.sizes is None else _to_device(self.sizes[index], self.device)
-            yield self.augment.two_views(batch, self.generator, sizes)
+            yield self.augment.draw(batch, self.generator, sizes)
 
 
 class _TwoViewDataset(Dataset):
