@@ -1,4 +1,5 @@
-"""Two gloo processes on CPU must reproduce the single-process loss and, after DDP's averaging, its gradient."""
+"""Two gloo processes on CPU must reproduce the single-process loss and, after DDP's averaging, its gradient,
+for two views per image and for multi-crop's more (every view of an image a positive of every other)."""
 
 from __future__ import annotations
 
@@ -15,26 +16,35 @@ from torchclr.loss import build_loss
 
 WORLD = 2
 IMAGES_PER_RANK = 3
-LOSS_NAMES = ("nt_xent", "nt_logistic", "margin_triplet", "nt_logistic+semi_hard", "margin_triplet+semi_hard")
+LOSS_NAMES = ("nt_xent", "nt_logistic", "margin_triplet", "nt_logistic+semi_hard", "margin_triplet+semi_hard",
+              "nt_xent/4", "nt_xent/4+large", "nt_logistic/3", "margin_triplet/3")
 TIMEOUT_S = 60
 
 
-def full_batch() -> torch.Tensor:
-    """[view 1 of rank 0's and rank 1's images; view 2 of the same], as one process would hold them."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(2 * WORLD * IMAGES_PER_RANK, 8, generator=generator, dtype=torch.float64)
+def views_of(name: str) -> int:
+    """The views per image of a case: `loss/V` has V, the others two."""
+    return int(name.partition("+")[0].partition("/")[2] or 2)
 
 
-def local_rows(rank: int) -> torch.Tensor:
-    """Indices in full_batch() of rank's rows, in its own [view 1; view 2] layout."""
+def full_batch(views: int = 2) -> torch.Tensor:
+    """[view 1 of rank 0's and rank 1's images; view 2 of the same; ...], as one process would hold them."""
+    generator = torch.Generator().manual_seed(views)
+    return torch.randn(views * WORLD * IMAGES_PER_RANK, 8, generator=generator, dtype=torch.float64)
+
+
+def local_rows(rank: int, views: int = 2) -> torch.Tensor:
+    """Indices in full_batch(views) of rank's rows, in its own view-major layout."""
     images = torch.arange(rank * IMAGES_PER_RANK, (rank + 1) * IMAGES_PER_RANK)
-    return torch.cat([images, images + WORLD * IMAGES_PER_RANK])
+    return torch.cat([images + view * WORLD * IMAGES_PER_RANK for view in range(views)])
 
 
 def make_loss(name: str) -> torch.nn.Module:
-    """`name`, or `name+semi_hard` for its semi-hard variant (mined over the negatives of both ranks)."""
-    loss, _, option = name.partition("+")
-    return build_loss(loss, temperature=0.2, margin=0.5, semi_hard=option == "semi_hard")
+    """`name`, `name+semi_hard` for its semi-hard variant (mined over the negatives of both ranks), `name/V` with V
+    views per image, `+large` with the first two views as the only anchors."""
+    loss_views, _, option = name.partition("+")
+    loss = loss_views.partition("/")[0]
+    return build_loss(loss, temperature=0.2, margin=0.5, semi_hard=option == "semi_hard", views=views_of(name),
+                      anchor_views=2 if option == "large" else None)
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
@@ -45,7 +55,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     try:
         results = {"world_size": distributed.world_size(), "rank": distributed.rank(), "main": distributed.is_main_process()}
         for name in LOSS_NAMES:
-            z = full_batch()[local_rows(rank)].requires_grad_()
+            z = full_batch(views_of(name))[local_rows(rank, views_of(name))].requires_grad_()
             loss = make_loss(name)(z)
             loss.backward()
             results[name] = (loss.detach(), z.grad)
@@ -74,11 +84,11 @@ def test_rank_queries_without_process_group() -> None:
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_two_ranks_match_one_process(rank_results: list[dict], name: str) -> None:
-    z = full_batch().requires_grad_()
+    z = full_batch(views_of(name)).requires_grad_()
     single = make_loss(name)(z)
     single.backward()
     rank_losses = torch.stack([r[name][0] for r in rank_results])
     torch.testing.assert_close(rank_losses.mean(), single.detach(), rtol=0, atol=1e-5)
     for rank, result in enumerate(rank_results):
         # Each rank's z gets world_size x its slice of the full-batch gradient; DDP's mean over ranks undoes the factor.
-        torch.testing.assert_close(result[name][1], WORLD * z.grad[local_rows(rank)], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(result[name][1], WORLD * z.grad[local_rows(rank, views_of(name))], rtol=1e-6, atol=1e-9)

@@ -42,7 +42,7 @@ def test_report_of_a_labelled_run(trained_run: Path) -> None:  # noqa: F811
 def test_preview_views_are_those_of_the_first_training_step(tiny_folder: Path, schedule: str | None) -> None:
     """The views training drew at its first step, from the same pipeline: at the first resolution stage's size."""
     config = PretrainConfig(data=str(tiny_folder), batch_size=16, seed=5, image_size=32, resolution_schedule=schedule)
-    originals, one, two = first_batch_views(config, pairs=8)
+    originals, (one, two) = first_batch_views(config, pairs=8)
     images = open_images(config.data, "train")
     training = build_view_batches(config, images, sample_sizes(images), torch.device("cpu"), rank=0, world=1)
     training.set_step(0, 100)

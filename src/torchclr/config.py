@@ -15,13 +15,14 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from torchclr.budget import parse_duration
 from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from torchclr.errors import UserError
+from torchclr.transforms.multicrop import MultiCrop
 from torchclr.transforms.resolution import ResolutionSchedule
 from torchclr.transforms.spec import AugmentSpec, check_augment
 
@@ -59,6 +60,9 @@ class LossOptions:
     loss: str = _opt("nt_xent", "contrastive loss", ("nt_xent", "nt_logistic", "margin_triplet"))
     temperature: float = _opt(0.5, "temperature tau of the loss")
     margin: float = _opt(1.0, "margin of the margin_triplet loss")
+    view_anchors: str = _opt("all", "with --views: the anchors of the multi-positive NT-Xent: 'all' views (SupCon's "
+                             "L_out) or only the 'large' ones (SwAV computes its codes from the large crops only); "
+                             "every view is a positive and a negative either way", ("all", "large"))
     semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
                            "anchor than its positive (semi-hard mining, the paper's table 4)")
     l2_normalize: bool = _opt(True, "compare z by cosine similarity (off: by dot product, the paper's table 5 ablation)")
@@ -101,6 +105,13 @@ class DataOptions:
                                            "the encoder is evaluated (--augment-mode batched)")
     augment_ramp: float = _opt(1.0, "with --resolution-schedule: augmentation strength of the smallest stage relative to "
                                "the largest (colour distortion x ramp, smallest crop area towards 1), linear in the size; 1: no ramp")
+    views: str | None = _opt(None, "multi-crop (SwAV, Caron et al. 2020): the views of each image as groups "
+                             "COUNTxSIZE[@LOW-HIGH], e.g. 2x48,6x24; the largest size is --image-size, smaller groups "
+                             "are small views, each group made in one pass of the batched augmentation and run through "
+                             "the encoder once per size; crop scales (area fractions of the whole image) default to "
+                             "SwAV's split, large (0.14, 1) and small (0.05, 0.14), or to --crop-scale when all views "
+                             "are large; every view of an image is a positive of every other (--augment-mode batched); "
+                             "default: two views at --image-size")
     augment_mode: str = _opt("batched", "'batched': decode once, augment whole batches on the training device (fast); "
                              "'per-image': torchvision v2 per image in DataLoader workers (the reference)", ("batched", "per-image"))
     cache_dir: str | None = _opt(None, "folder for the decoded-image cache (memory-mapped, keyed by the data's content); default: memory only")
@@ -214,6 +225,7 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
         self.grad_cache_request()
         if self.time_budget is not None:
             parse_duration(self.time_budget, option("time_budget"))
+        self._validate_views(option)
         schedule = self.resolution()
         if schedule is not None:
             if self.image_size is not None and self.image_size != schedule.final_size:
@@ -221,6 +233,54 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
                                 f"{self.image_size}: the last stage is the size the encoder is evaluated at")
             if self.augment_mode != "batched":
                 raise UserError(f"{option('resolution_schedule')} needs --augment-mode batched")
+
+    def _validate_views(self, option: Callable[[str], str]) -> None:
+        """--views against the options it depends on (see `view_groups`); one line naming both."""
+        views = self.view_groups()
+        if views is None:
+            if self.view_anchors != "all":
+                raise UserError(f"{option('view_anchors')} {self.view_anchors} needs --views with more than two views")
+            return
+        given = f"{option('views')} {self.views}"
+        if self.image_size is not None and self.image_size != views.large_size:
+            raise UserError(f"{given}: its largest views are {views.large_size} px but --image-size is {self.image_size}: "
+                            "the large views are the size the encoder is evaluated at")
+        too_large = [g.size for g in views.groups if self.stored_size is not None and g.size > self.stored_size]
+        if too_large:
+            raise UserError(f"{given}: {too_large[0]} px views are larger than {option('stored_size')} {self.stored_size}: "
+                            "crops would be blown up from a smaller picture")
+        if self.augment_mode != "batched":
+            raise UserError(f"{given} needs --augment-mode batched (the per-image reference makes two views)")
+        if self.resolution_schedule is not None:
+            raise UserError(f"{given} cannot be combined with {option('resolution_schedule')}: both set the view sizes")
+        if self.one_branch:
+            raise UserError(f"{given} cannot be combined with {option('one_branch')}, which distorts one of two views")
+        if self.multi_crop() is None:
+            return
+        if self.semi_hard:
+            raise UserError(f"{given} gives {views.views} views per image; {option('semi_hard')} compares each negative "
+                            "with the one positive of two views")
+        if self.view_anchors != "all" and self.loss != "nt_xent":
+            raise UserError(f"{option('view_anchors')} {self.view_anchors} applies to --loss nt_xent, not {self.loss}")
+        if isinstance(self.grad_cache_request(), int):
+            raise UserError(f"{option('grad_cache_chunk')} {self.grad_cache_chunk}: gradient caching runs two views, and "
+                            f"{given} gives {views.views}; use 'auto' (the memory plan refuses a batch that does not fit) or 'off'")
+
+    def view_groups(self) -> MultiCrop | None:
+        """The parsed --views, or None without it."""
+        return None if self.views is None else MultiCrop.parse(self.views, tuple(self.crop_scale))
+
+    def multi_crop(self) -> MultiCrop | None:
+        """The multi-crop views of the run, or None for SimCLR's two views (also when --views says just that)."""
+        views = self.view_groups()
+        if views is None or views.is_pair(self.image_size or views.large_size, tuple(self.crop_scale)):
+            return None
+        return views
+
+    def anchor_views(self) -> int | None:
+        """The loss's anchor views: None (all), or the large views with --view-anchors large."""
+        views = self.multi_crop()
+        return views.large_views if views is not None and self.view_anchors == "large" else None
 
     def resolution(self) -> ResolutionSchedule | None:
         """The progressive resolution schedule, if any."""

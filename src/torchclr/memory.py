@@ -13,7 +13,8 @@ small batch sizes, and reads the peak memory each run adds:
 Two sizes separate the fixed part (gradients, optimizer state, workspaces) from the part that grows with the
 images (activations); the step at the real batch is their linear extrapolation, plus what chunking does not
 shrink, measured at the real size: the views of the whole batch and the loss over all 2N embeddings (the 2N x 2N
-similarity matrix, its softmax and their gradients).
+similarity matrix, its softmax and their gradients). Multi-crop runs (`views`) probe with their view groups and
+count V views per image in both parts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import gc
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +36,7 @@ from torch import nn
 from torchclr import distributed
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
+from torchclr.transforms.multicrop import MultiCrop
 
 GiB = 2**30
 HEADROOM = 0.75  # share of the free memory a plan may use: the rest absorbs estimate error, fragmentation, other jobs
@@ -251,34 +252,45 @@ def _generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
 
 
-def _views(images: int, image_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    first, second = torch.rand(2, images, 3, image_size, image_size, device=device, generator=_generator(device))
-    return first, second
+def _views(images: int, image_size: int, device: torch.device, views: MultiCrop | None = None) -> tuple[torch.Tensor, ...]:
+    """Random views as a loader yields them: a pair [images, ...] each, or one [count x images, ...] per view group."""
+    if views is None:
+        first, second = torch.rand(2, images, 3, image_size, image_size, device=device, generator=_generator(device))
+        return first, second
+    return tuple(torch.rand(group.count * images, 3, group.size, group.size, device=device, generator=_generator(device))
+                 for group in views.groups)
 
 
-def measure_network(ctx: Any, step: Callable[[Any, torch.Tensor, torch.Tensor], object], bare_model: nn.Module,
-                    batch: int, image_size: int) -> LinearCost:
-    """Fixed and per-image bytes of `step(ctx, first, second)` (the real `training_step`), unchunked, on copies."""
+def _view_bytes(image_size: int, views: MultiCrop | None) -> int:
+    """Bytes of one image's float32 views."""
+    return 3 * 4 * (2 * image_size**2 if views is None else views.pixels)
+
+
+def measure_network(ctx: Any, step: Callable[..., object], bare_model: nn.Module,
+                    batch: int, image_size: int, views: MultiCrop | None = None) -> LinearCost:
+    """Fixed and per-image bytes of `step(ctx, *views)` (the real `training_step`), unchunked, on copies."""
 
     def run_at(images: int) -> Callable[[], object]:
-        probe_ctx, (first, second) = _fresh_step_context(ctx, bare_model, None), _views(images, image_size, ctx.device)
+        probe_ctx, probe_views = _fresh_step_context(ctx, bare_model, None), _views(images, image_size, ctx.device, views)
 
         def run() -> None:
-            step(probe_ctx, first, second)
+            step(probe_ctx, *probe_views)
         return run
 
     cost = fit_linear(run_at, probe_sizes(batch), ctx.device)
-    # Below the allocator's noise (tiny views) the slope can come out as 0: an image costs at least its two views.
-    return dataclasses.replace(cost, per_image=max(cost.per_image, 2 * 3 * image_size * image_size * 4))
+    # Below the allocator's noise (tiny views) the slope can come out as 0: an image costs at least its views.
+    return dataclasses.replace(cost, per_image=max(cost.per_image, _view_bytes(image_size, views)))
 
 
-def measure_whole_batch(ctx: Any, batch: int, image_size: int, embedding_dim: int) -> int:
-    """Bytes of what every step holds for the whole batch, chunked or not: its two float views, and the loss
-    over its 2N embeddings with their gradients (measured at the real size: it grows with N squared)."""
-    views = 2 * batch * 3 * image_size * image_size * 4
+def measure_whole_batch(ctx: Any, batch: int, image_size: int, embedding_dim: int, views: MultiCrop | None = None) -> int:
+    """Bytes of what every step holds for the whole batch, chunked or not: its float views, and the loss over its
+    V x N embeddings (V = 2, or the multi-crop views) with their gradients (measured at the real size: it grows with
+    N squared)."""
+    view_bytes = batch * _view_bytes(image_size, views)
+    rows = batch * (2 if views is None else views.views)
 
     def loss_run() -> Callable[[], object]:
-        z = torch.randn(2 * batch, embedding_dim, device=ctx.device, generator=_generator(ctx.device)).requires_grad_()
+        z = torch.randn(rows, embedding_dim, device=ctx.device, generator=_generator(ctx.device)).requires_grad_()
 
         def run() -> None:
             with ctx.autocast():
@@ -286,7 +298,7 @@ def measure_whole_batch(ctx: Any, batch: int, image_size: int, embedding_dim: in
             loss.backward()
         return run
 
-    return views + measure_peak(loss_run, ctx.device)
+    return view_bytes + measure_peak(loss_run, ctx.device)
 
 
 def embedding_dim(model: nn.Module) -> int:
@@ -309,10 +321,12 @@ def power_of_two_at_most(value: int, cap: int) -> int:
     return max(1, min(cap, 2 ** int(math.log2(max(1, value)))))
 
 
-def plan_pretraining(ctx: Any, step: Callable[[Any, torch.Tensor, torch.Tensor], object], bare_model: nn.Module,
-                     batch: int, image_size: int, requested: int | str, eval_images: int = 0) -> TrainingPlan:
-    """The plan for a run whose step is `step(ctx, first, second)` at `batch` images per process (`bare_model`: the
-    SimCLR network without DDP or compile, which the probe copies).
+def plan_pretraining(ctx: Any, step: Callable[..., object], bare_model: nn.Module,
+                     batch: int, image_size: int, requested: int | str, eval_images: int = 0,
+                     views: MultiCrop | None = None) -> TrainingPlan:
+    """The plan for a run whose step is `step(ctx, *views)` at `batch` images per process (`bare_model`: the
+    SimCLR network without DDP or compile, which the probe copies); `views`: the multi-crop groups, if any (gradient
+    caching runs two views: a multi-crop batch that would need it is refused in one line).
 
     Under torchrun every process measures its own share and all take the smallest chunk and evaluation batch.
     `eval_images` is the size of the kNN bank (training split of the labelled data), for the kNN block size.
@@ -320,13 +334,17 @@ def plan_pretraining(ctx: Any, step: Callable[[Any, torch.Tensor, torch.Tensor],
     device = ctx.device
     if not PeakMeter.available(device):
         return TrainingPlan.unmeasured(batch, requested)
-    network = measure_network(ctx, step, bare_model, batch, image_size)
-    whole_batch = measure_whole_batch(ctx, batch, image_size, embedding_dim(bare_model))
+    network = measure_network(ctx, step, bare_model, batch, image_size, views)
+    whole_batch = measure_whole_batch(ctx, batch, image_size, embedding_dim(bare_model), views)
     free = free_memory(device)
     budget = int(free * HEADROOM)
     error = None
     try:
         chunk, reason = choose_chunk(network, whole_batch, batch, budget, requested)
+        if chunk is not None and views is not None:
+            raise UserError(f"batch {batch} per process with --views ({views.views} views per image) needs "
+                            f"~{(network.at(batch) + whole_batch) / GiB:.1f} GiB, {budget / GiB:.1f} GiB to plan with, "
+                            "and gradient caching runs two views only: lower --batch-size or use fewer or smaller --views")
     except UserError as err:
         chunk, reason, error = None, "", str(err)
     inference = measure_inference(bare_model.encoder, image_size, device)

@@ -16,10 +16,11 @@ from torchclr import distributed
 class EpochMeter:
     """Counts an epoch's steps from `start_step` on and says when a log point is reached."""
 
-    def __init__(self, *, epoch: int, steps_per_epoch: int, start_step: int, images_per_step: int,
+    def __init__(self, *, epoch: int, steps_per_epoch: int, start_step: int, images_per_step: int, views_per_image: int,
                  device: torch.device, show: bool) -> None:
         self.epoch, self.steps_per_epoch, self.step_in_epoch = epoch, steps_per_epoch, start_step
-        self.images_per_step, self.log_every = images_per_step, max(1, steps_per_epoch // 10)
+        self.images_per_step, self.views_per_image = images_per_step, views_per_image
+        self.log_every = max(1, steps_per_epoch // 10)
         self.total, self.finite = torch.zeros((), device=device), torch.zeros((), device=device)
         self.count, self.started = 0, time.perf_counter()
         self.bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}", disable=not show,

@@ -6,11 +6,13 @@ same step. The learning rate is set by the caller before the step (`torchclr.opt
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from torchclr.errors import UserError
 from torchclr.gradcache import grad_cache_backward
 from torchclr.guard import FiniteGuard
 
@@ -40,14 +42,20 @@ class StepContext:
             return self.model(images)[1]
 
 
-def training_step(ctx: StepContext, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """One step on a batch of view pairs; both views go through the network as one batch (BN sees 2N),
-    or, with gradient caching, chunk by chunk with the same gradient (see `torchclr.gradcache`)."""
+def training_step(ctx: StepContext, *views: torch.Tensor) -> torch.Tensor:
+    """One step on a batch's views, view-major: a pair of views [N, ...] each, or multi-crop groups [count x N, ...]
+    each (see `torchclr.transforms.multicrop`). The views of one size go through the network as one batch (BN sees
+    2N for a pair), one forward per size as SwAV does, and z is their concatenation; or, with gradient caching (two
+    views), chunk by chunk with the same gradient (see `torchclr.gradcache`)."""
     ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.grad_cache_chunk and ctx.grad_cache_chunk < len(first):
+    if ctx.grad_cache_chunk and ctx.grad_cache_chunk < len(views[0]):
+        if len(views) != 2 or views[0].shape != views[1].shape:
+            raise UserError("gradient caching runs two views per image; use --grad-cache-chunk off with --views")
+        first, second = views
         loss = grad_cache_backward(ctx.model, ctx.embed, ctx.loss_fn, first, second, ctx.grad_cache_chunk, ctx.scaler.scale)
     else:
-        z = ctx.embed(torch.cat([first, second]))
+        same_size = (list(group) for _, group in itertools.groupby(views, key=lambda view: view.shape[-2:]))
+        z = torch.cat([ctx.embed(group[0] if len(group) == 1 else torch.cat(group)) for group in same_size])
         with ctx.autocast():
             loss = ctx.loss_fn(z)
         ctx.scaler.scale(loss).backward()

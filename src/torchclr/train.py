@@ -72,6 +72,11 @@ class Pretraining:
     device: torch.device
 
     @property
+    def views_per_image(self) -> int:
+        views = self.config.multi_crop()
+        return 2 if views is None else views.views
+
+    @property
     def main(self) -> bool:
         return distributed.rank() == 0
 
@@ -87,8 +92,9 @@ class Pretraining:
         if not math.isfinite(value) and not self.guard.skip_nonfinite:
             raise DivergedError(f"loss became {value} by step {position.step}; lower --lr or raise --temperature")
         meter.show(value, lr)
+        images_per_s = meter.images_per_second()
         record = {"step": position.step, "epoch": position.epoch + 1, "loss": value, "lr": lr,
-                  "images_per_s": meter.images_per_second()}
+                  "images_per_s": images_per_s, "views_per_s": images_per_s * meter.views_per_image}
         self.run.log({k: v for k, v in record.items() if k != "loss" or math.isfinite(value)})
 
     @property
@@ -190,12 +196,12 @@ class Pretraining:
 def train_one_epoch(job: Pretraining, position: Position, stop: StopSignals) -> EpochMeter:
     """The steps of epoch `position.epoch` from `position.epoch_step` on, until its end or the run's."""
     meter = EpochMeter(epoch=position.epoch, steps_per_epoch=job.views.steps_per_epoch, start_step=position.epoch_step,
-                       images_per_step=job.config.batch_size // distributed.world_size(), device=job.device,
+                       images_per_step=job.views.batch_size, views_per_image=job.views_per_image, device=job.device,
                        show=job.config.progress and job.main)
     job.views.set_step(position.step, job.length.total_steps)
-    for first, second in job.views.epoch(position.epoch, position.epoch_step):
+    for views in job.views.epoch(position.epoch, position.epoch_step):
         set_learning_rate(job.ctx.optimizer, job.lr_at(position.step))
-        loss = training_step(job.ctx, first, second)
+        loss = training_step(job.ctx, *views)
         position.step, position.epoch_step = position.step + 1, position.epoch_step + 1
         job.length.after_step(position.step)
         job.views.set_step(position.step, job.length.total_steps)  # the resolution stage of the next batch
@@ -275,11 +281,11 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
                          config.proj_dim, encoder)
     dtype = training_dtype(dtype, device, config)
     listed = len(images) + len(images.skipped)
-    views = build_view_batches(config, images, sizes, device, rank=rank, world=world)
+    batches = build_view_batches(config, images, sizes, device, rank=rank, world=world)
     if images.skipped.entries and rank == 0:
         images.skipped.write_csv(run.dir / "skipped_files.csv")
         tqdm.write(f"torchclr: {images.skipped.summary(listed)}; list in {run.dir / 'skipped_files.csv'}", file=sys.stderr)
-    if views.steps_per_epoch < 1:
+    if batches.steps_per_epoch < 1:
         raise UserError(f"data {images.origin}: too few usable images for one step of --batch-size {config.batch_size} "
                         f"({images.skipped.summary(listed)})")
     labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
@@ -287,17 +293,20 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     model, forward_model = wrap_for_training(model, device, sync_bn=config.sync_bn, compile=config.compile)
     peak_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     optimizer = build_optimizer(model, config.optimizer, lr=peak_lr, weight_decay=config.weight_decay, momentum=config.momentum)
-    length = run_length(config, views.steps_per_epoch, device)
+    length = run_length(config, batches.steps_per_epoch, device)
+    crops = config.multi_crop()
     ctx = StepContext(model=forward_model, optimizer=optimizer, device=device, dtype=dtype, channels_last=config.channels_last,
-                      loss_fn=build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize),
+                      loss_fn=build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize,
+                                         views=crops.views if crops is not None else 2, anchor_views=config.anchor_views()),
                       scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
     plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
-                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0)
+                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0,
+                                   views=crops)
     ctx.grad_cache_chunk = plan.chunk
     if labelled is not None:
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
     say(plan.describe())
-    return Pretraining(config=config, model=model, ctx=ctx, views=views, length=length, run=run, labelled=labelled,
+    return Pretraining(config=config, model=model, ctx=ctx, views=batches, length=length, run=run, labelled=labelled,
                        monitor_every=knn_every(config, labelled) if labelled is not None else 0, peak_lr=peak_lr,
                        device=device)
 

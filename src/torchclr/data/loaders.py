@@ -1,4 +1,5 @@
-"""Pairs of views per step, two ways: batched on the training device (fast) or per image in workers (reference).
+"""Pairs of views per step, two ways: batched on the training device (fast) or per image in workers (reference);
+the batched way also makes multi-crop views (more than two per image, see `torchclr.transforms.multicrop`).
 
 Both draw the images of an epoch with a DistributedSampler (one shard per process, reshuffled by
 `set_epoch`), so they see the same images in the same order for the same seed, and resume exactly.
@@ -19,19 +20,23 @@ from torchclr.data.cache import default_stored_size, materialize_padded
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
 from torchclr.transforms import AugmentSpec, BatchAugment, StagedAugment, TwoViews, view_transform
+from torchclr.transforms.batched import MultiCropAugment
+from torchclr.transforms.multicrop import MultiCrop
 
 GPU_RESIDENT_SHARE = 0.25  # keep a decoded data set on the GPU itself when it takes at most this share of its free memory
 
 ViewPair = tuple[torch.Tensor, torch.Tensor]
+Views = tuple[torch.Tensor, ...]  # a step's views: a pair [B,...] each, or multi-crop groups [count·B,...] each
 
 
 class ViewBatches(Protocol):
     """A view pipeline: the batches of view pairs of each epoch, for one process."""
 
     steps_per_epoch: int
+    batch_size: int  # images per step on this process
     generator: torch.Generator | None  # the augmentation's random stream (checkpointed), if drawn in this process
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]: ...
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Views]: ...
 
     def set_step(self, step: int, total_steps: int | None) -> None:
         """Before a batch is drawn: the global step it is for, in a run of `total_steps` (resolution stages)."""
@@ -81,6 +86,13 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def stored_size_for(spec: AugmentSpec, views: MultiCrop | None = None) -> int:
+    """The default stored side: large enough for every view group's smallest crop at its view size."""
+    if views is None:
+        return default_stored_size(spec.image_size, spec.crop_scale)
+    return max(default_stored_size(group.size, group.scale) for group in views.groups)
+
+
 class BatchedViews:
     """Index the decoded uint8 tensor and augment the whole batch at once where the model runs.
 
@@ -92,7 +104,7 @@ class BatchedViews:
 
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, cache_dir: str | None = None,
-                 stored_size: int | None = None, augment: BatchAugment | StagedAugment | None = None) -> None:
+                 stored_size: int | None = None, augment: BatchAugment | StagedAugment | MultiCropAugment | None = None) -> None:
         side = stored_size or default_stored_size(spec.image_size, spec.crop_scale)
         held = hold_in_memory(images, side, cache_dir)
         tensor, sizes = held.tensor, held.sizes
@@ -109,7 +121,7 @@ class BatchedViews:
     def set_step(self, step: int, total_steps: int | None) -> None:
         self.augment.set_step(step, total_steps)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Views]:
         """The epoch's batches from `start_step` on (a mid-epoch resume restores the generator's state there)."""
         self.sampler.set_epoch(epoch)
         order = _to_device(torch.tensor(list(self.sampler), dtype=torch.long), self.images.device)
@@ -117,7 +129,7 @@ class BatchedViews:
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             batch = _to_device(self.images[index], self.device)
             sizes = None if self.sizes is None else _to_device(self.sizes[index], self.device)
-            yield self.augment.two_views(batch, self.generator, sizes)
+            yield self.augment.draw(batch, self.generator, sizes)
 
 
 class _TwoViewDataset(Dataset):

@@ -12,21 +12,24 @@ from typing import Any
 
 import torch
 
-from torchclr.data.cache import default_stored_size
-from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches
+from torchclr.data.loaders import BatchedViews, PerImageViews, ViewBatches, stored_size_for
 from torchclr.data.plan import choose_mode, default_image_size
 from torchclr.data.sources import ImageSet
 from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
 from torchclr.runtime import say
 from torchclr.transforms import BatchAugment, StagedAugment
+from torchclr.transforms.batched import MultiCropAugment
 
 
 def with_image_size(config: Any, sizes: list[tuple[int, int]]) -> Any:
-    """The config with --image-size set: as given, the last resolution stage, or from the data (a folder of photos
+    """The config with --image-size set: as given, the large views' size (--views), the last resolution stage, or from the data (a folder of photos
     gets photo-sized views; `sizes`: image sizes sampled from it)."""
     if config.image_size is not None:
         return config
+    views = config.view_groups()
+    if views is not None:
+        return dataclasses.replace(config, image_size=views.large_size)
     schedule = config.resolution()
     if schedule is not None:
         return dataclasses.replace(config, image_size=schedule.final_size)
@@ -37,12 +40,19 @@ def with_image_size(config: Any, sizes: list[tuple[int, int]]) -> Any:
     return dataclasses.replace(config, image_size=size)
 
 
-def batch_augment(config: Any) -> BatchAugment | StagedAugment:
-    """The batched augmentation of a run: one family of views, or one per resolution stage."""
-    spec, schedule = config.augment_spec(), config.resolution()
+def batch_augment(config: Any) -> BatchAugment | StagedAugment | MultiCropAugment:
+    """The batched augmentation of a run: two views, one pair per resolution stage, or the multi-crop groups."""
+    spec, schedule, views = config.augment_spec(), config.resolution(), config.multi_crop()
+    if views is not None:
+        return MultiCropAugment(spec, views)
     if schedule is None:
         return BatchAugment(spec)
     return StagedAugment(schedule.stage_specs(spec), schedule.stage_at)
+
+
+def stored_side(config: Any) -> int:
+    """--stored-size, or the side each image is held at for every view's smallest crop at its size."""
+    return config.stored_size or stored_size_for(config.augment_spec(), config.multi_crop())
 
 
 def _per_process_batch(config: Any, images: ImageSet, world: int) -> int:
@@ -67,7 +77,10 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     if config.augment_mode == "per-image":
         say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
         return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
-    stored = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
+    views = config.multi_crop()
+    if views is not None:
+        say(f"views: {views.describe()}: {views.views} per image (--views {config.views})")
+    stored = stored_side(config)
     plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
     say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
     augment = batch_augment(config)

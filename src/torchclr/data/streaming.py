@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from torchclr.data.cache import fit_within, pad_to
 from torchclr.data.device_decode import EncodedJpeg, decode_on_device, worth_decoding_on_device
-from torchclr.data.loaders import ViewPair, default_workers, epoch_sampler, view_generator
+from torchclr.data.loaders import Views, default_workers, epoch_sampler, view_generator
 from torchclr.data.reader import decode_image
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
 from torchclr.transforms import AugmentSpec, BatchAugment, StagedAugment
+from torchclr.transforms.batched import MultiCropAugment
 
 DecodedBatch = tuple[torch.Tensor | None, torch.Tensor | None, list[str]]
 
@@ -83,12 +84,13 @@ class _FromPosition(Sampler[int]):
 
 
 class StreamedViews:
-    """Pairs of views from images decoded batch by batch in persistent DataLoader workers (or, with
+    """Pairs of views (or multi-crop `views`) from images decoded batch by batch in persistent DataLoader workers (or, with
     `jpegs_on_device`, read there and decoded on the training device); one shard per rank."""
 
     def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device, seed: int,
                  stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None,
-                 jpegs_on_device: bool = False, augment: BatchAugment | StagedAugment | None = None) -> None:
+                 jpegs_on_device: bool = False,
+                 augment: BatchAugment | StagedAugment | MultiCropAugment | None = None) -> None:
         workers = default_workers() if workers is None else workers
         self.sampler = epoch_sampler(len(images), seed, rank, world)
         self.steps_per_epoch, self.batch_size = len(self.sampler) // batch_size, batch_size
@@ -110,7 +112,7 @@ class StreamedViews:
     def set_step(self, step: int, total_steps: int | None) -> None:
         self.augment.set_step(step, total_steps)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[ViewPair]:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Views]:
         self.sampler.set_epoch(epoch)
         self.position.skip = start_step * self.batch_size
         self.skipped, first_failure = 0, ""
@@ -124,7 +126,7 @@ class StreamedViews:
             if images is None or sizes is None:
                 raise UserError(f"no image of a batch of {len(failures)} could be decoded (first: {failures[0]})")
             images = images.to(self.device, non_blocking=True)
-            yield self.augment.two_views(images, self.generator, sizes.to(self.device, non_blocking=True))
+            yield self.augment.draw(images, self.generator, sizes.to(self.device, non_blocking=True))
         if self.skipped:
             print(f"torchclr: warning: epoch {epoch + 1} skipped {self.skipped} images that could not be decoded "
                   f"(replaced by others of their batch; first: {first_failure})", file=sys.stderr, flush=True)

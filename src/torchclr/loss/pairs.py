@@ -1,9 +1,14 @@
 """What every contrastive loss shares: checking the view layout, cosine similarities against the global batch,
-and where each row's own column and its positive's column are."""
+and where each row's own column and its positives' columns are.
+
+The layout is view-major: z [V·n, d] holds view 1 of this rank's n images, then view 2 of the same n images, and so
+on (SimCLR's two views are V = 2; multi-crop runs give more). Every view of an image is a positive of every other.
+"""
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -14,9 +19,10 @@ from torchclr.errors import UserError
 
 
 class Pairs(NamedTuple):
-    """Cosine similarities of this rank's rows (dim 0) against the rows of all ranks (dim 1).
+    """Cosine similarities of this rank's anchor rows (dim 0) against the rows of all ranks (dim 1).
 
-    ``self_index[i]`` and ``positive_index[i]`` are the columns of local row i itself and of its other view.
+    ``self_index[i]`` is the column of anchor row i itself, ``positive_index[i]`` [V - 1] the columns of the other
+    views of its image (for V = 2: its one other view).
     """
 
     similarity: torch.Tensor
@@ -31,46 +37,69 @@ def check_temperature(temperature: float) -> float:
     return temperature
 
 
-def pair_similarities(z: torch.Tensor, l2_normalize: bool = True) -> Pairs:
-    """Normalise rows, gather them from all ranks and compute local-vs-global cosine similarities
+def check_views(views: int, anchor_views: int | None = None) -> tuple[int, int]:
+    """(views, anchor views): at least two views (a single one has no positive), anchors among them (None: all)."""
+    if views < 2:
+        raise UserError(f"a contrastive loss needs at least 2 views per image, got {views}")
+    anchors = views if anchor_views is None else anchor_views
+    if not 1 <= anchors <= views:
+        raise UserError(f"anchor views must be between 1 and the {views} views per image, got {anchor_views}")
+    return views, anchors
+
+
+@lru_cache(maxsize=16)
+def view_indices(rows: int, views: int, anchor_rows: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(self_index [anchor_rows], positive_index [anchor_rows, views - 1]) for a view-major block of `rows` rows at
+    column `offset` of the gathered batch. Built once per shape and kept: every step of a run has the same shape."""
+    n = rows // views
+    local = torch.arange(anchor_rows, device=device)
+    shifts = torch.arange(1, views, device=device) * n
+    return offset + local, offset + (local.unsqueeze(1) + shifts) % rows
+
+
+def pair_similarities(z: torch.Tensor, l2_normalize: bool = True, views: int = 2, anchor_views: int | None = None) -> Pairs:
+    """Normalise rows, gather them from all ranks and compute anchor-vs-global cosine similarities
     (plain dot products with `l2_normalize` off, the paper's table 5 ablation).
 
-    ``z`` is [2n, d] laid out as [view 1 of n images; view 2 of the same n images], so row i's positive
-    is row (i + n) mod 2n. The maths runs in at least float32, autocast or not (bf16 would lose the small
-    differences between similarities that the temperature blows up); float64 inputs stay float64 for gradcheck.
+    ``z`` is [views·n, d] view-major (see the module's docstring); the anchors are the rows of the first
+    `anchor_views` views (None: every row), so only their rows of the similarity matrix are computed. The maths
+    runs in at least float32, autocast or not (bf16 would lose the small differences between similarities that
+    the temperature blows up); float64 inputs stay float64 for gradcheck.
     """
     if z.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-d [2n, d] tensor, got shape {tuple(z.shape)}")
+        raise ValueError(f"embeddings must be a 2-d [views x n, d] tensor, got shape {tuple(z.shape)}")
     rows = z.shape[0]
-    if rows == 0 or rows % 2 != 0:
-        raise ValueError(f"embeddings must hold two views of each image (an even, non-zero number of rows), got {rows}")
+    if rows == 0 or rows % views != 0:
+        raise ValueError(f"embeddings must hold {views} views of each image (a non-zero multiple of {views} rows), got {rows}")
+    anchor_rows = rows // views * (views if anchor_views is None else anchor_views)
     # Autocast would run the matmul in bf16 again; the losses are cheap next to the encoder.
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.to(torch.promote_types(z.dtype, torch.float32))
         z = F.normalize(z, dim=1) if l2_normalize else z
         everyone, offset = gather_with_grad(z)
-        similarity = z @ everyone.T
-    local = torch.arange(rows, device=z.device)
-    return Pairs(
-        similarity=similarity,
-        self_index=offset + local,
-        positive_index=offset + (local + rows // 2) % rows,
-    )
+        similarity = z[:anchor_rows] @ everyone.T
+    self_index, positive_index = view_indices(rows, views, anchor_rows, offset, z.device)
+    return Pairs(similarity=similarity, self_index=self_index, positive_index=positive_index)
 
 
 def mean_over_negatives(terms: torch.Tensor, pairs: Pairs, semi_hard: bool = False) -> torch.Tensor:
-    """Average per-pair terms [2n, 2N] over each row's negatives: all columns but itself and its positive, or with
-    `semi_hard` only those less similar to the row than its positive (s_ik < s_ij, as the paper's table 4).
+    """Average per-pair terms over each anchor's negatives: all columns but itself and its positives, or with
+    `semi_hard` only those less similar to the anchor than its positive (s_ik < s_ij, as the paper's table 4).
 
-    Zeroes the other columns out of place: relu and friends keep their output for the backward pass. A row with
-    no negatives (a single image in the whole batch, or no semi-hard one) averages nothing, taken as 0.
+    `terms` is [anchors, columns], or [anchors, positives, columns] for terms that depend on the positive too (one
+    row of them per positive); the mean is over the last dimension. Zeroes the other columns out of place: relu and
+    friends keep their output for the backward pass. A row with no negatives (a single image in the whole batch, or
+    no semi-hard one) averages nothing, taken as 0.
     """
-    excluded = torch.stack((pairs.self_index, pairs.positive_index), dim=1)
+    excluded = torch.cat((pairs.self_index.unsqueeze(1), pairs.positive_index), dim=1)
+    per_positive = terms.ndim == 3
     if not semi_hard:
-        terms = terms.scatter(1, excluded, 0.0)
-        return terms.sum(dim=1) / max(terms.shape[1] - 2, 1)
+        index = excluded.unsqueeze(1).expand(-1, terms.shape[1], -1) if per_positive else excluded
+        terms = terms.scatter(-1, index, 0.0)
+        return terms.sum(dim=-1) / max(terms.shape[-1] - excluded.shape[1], 1)
     kept = semi_hard_negatives(pairs)
-    return torch.where(kept, terms, 0.0).sum(dim=1) / kept.sum(dim=1).clamp(min=1)
+    kept = kept.unsqueeze(1) if per_positive else kept
+    return torch.where(kept, terms, 0.0).sum(dim=-1) / kept.sum(dim=-1).clamp(min=1)
 
 
 def semi_hard_negatives(pairs: Pairs) -> torch.Tensor:
@@ -78,8 +107,9 @@ def semi_hard_negatives(pairs: Pairs) -> torch.Tensor:
 
     The paper (section 5.1, table 4) mines these for NT-Logistic and the margin loss, after Schroff et al. (2015):
     harder negatives (more similar than the positive) make those losses collapse. A selection, so no gradient flows
-    through it; under several processes it covers the negatives of every rank, as the similarities do.
+    through it; under several processes it covers the negatives of every rank, as the similarities do. Defined for
+    two views (one positive); `build_loss` refuses it for more.
     """
-    positive = pairs.similarity.gather(1, pairs.positive_index.unsqueeze(1))
+    positive = pairs.similarity.gather(1, pairs.positive_index)
     kept = pairs.similarity.detach() < positive.detach()
     return kept.scatter(1, pairs.self_index.unsqueeze(1), False)  # s_ii = 1 is never below s_ij, but rounding may say so

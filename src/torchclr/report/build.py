@@ -1,7 +1,8 @@
 """`torchclr report RUN_DIR`: what a run learned, on one offline HTML page with its PNGs beside it.
 
 Curves come from metrics.jsonl; the augmentation preview re-creates the run's first training batch (the sampler,
-generator and augmentation of `data.pipeline`, at the first step's resolution stage); the 2-D map, the per-class accuracy (the kNN monitor
+generator and augmentation of `data.pipeline`, at the first step's resolution stage, every multi-crop view
+included); the 2-D map, the per-class accuracy (the kNN monitor
 recomputed with the final encoder, so its mean is the last monitored top-1) and the nearest-neighbour examples
 use the run's encoder on its labelled evaluation data. An unlabelled run shows its training images instead.
 """
@@ -19,9 +20,9 @@ import torch
 import yaml
 
 from torchclr.config import PretrainConfig, from_dict
-from torchclr.data.cache import default_stored_size, materialize_padded
+from torchclr.data.cache import materialize_padded
 from torchclr.data.loaders import epoch_sampler, view_generator
-from torchclr.data.pipeline import batch_augment
+from torchclr.data.pipeline import batch_augment, stored_side
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.errors import UserError
 from torchclr.report import page, plots
@@ -82,8 +83,9 @@ def _subset(images: ImageSet, indices: list[int]) -> ImageSet:
     return dataclasses.replace(images, names=[images.names[i] for i in indices], labels=labels, fingerprint="")
 
 
-def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, view 1, view 2) of the first `pairs` images of the run's first step on a single process.
+def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(images, [view 1, view 2, ...]) of the first `pairs` images of the run's first step on a single process: two
+    views, or every view of a multi-crop run (--views), large ones first, each [pairs, 3, S, S] at its own size.
 
     Batched mode draws the whole first batch with the run's augmentation (its first resolution stage) and generator,
     as the view pipeline's first step does on the CPU; per-image mode draws the run's transform afresh (its worker
@@ -97,17 +99,17 @@ def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tup
     batch_size = min(config.batch_size, len(images))
     first = list(sampler)[:batch_size]
     spec = config.augment_spec()
-    side = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
-    held = materialize_padded(_subset(images, first), side)  # as the training path holds them
+    held = materialize_padded(_subset(images, first), stored_side(config))  # as the training path holds them
     batch = held.tensor
     assert batch is not None
     if config.augment_mode == "batched":
-        one, two = batch_augment(config).two_views(batch, view_generator(config.seed, 0, torch.device("cpu")), held.sizes)
+        drawn = batch_augment(config).draw(batch, view_generator(config.seed, 0, torch.device("cpu")), held.sizes)
+        each_view = [view for group in drawn for view in group.split(len(batch))]  # view-major groups, view by view
     else:
         torch.manual_seed(config.seed)
         whole = (held.image(index) for index in range(min(pairs, len(batch))))  # each image without its padding
-        one, two = (torch.stack(v) for v in zip(*(TwoViews(view_transform(spec))(image) for image in whole)))
-    return batch[:pairs], one[:pairs], two[:pairs]
+        each_view = [torch.stack(v) for v in zip(*(TwoViews(view_transform(spec))(image) for image in whole))]
+    return batch[:pairs], [view[:pairs] for view in each_view]
 
 
 def _as_uint8(views: torch.Tensor) -> torch.Tensor:
@@ -137,12 +139,14 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     if shown:
         sections.append(page.section("Training curves", page.image("curves.png", ", ".join(shown))))
 
-    originals, one, two = first_batch_views(config)
-    contact_sheet([((image, "image"), [(a, "view 1"), (b, "view 2")])
-                   for image, a, b in zip(originals, _as_uint8(one), _as_uint8(two))], out / "views.png")
-    sections.append(page.section("Augmentation preview", page.image("views.png", "view pairs"),
-                                 f"The first {len(originals)} images of the run's first step and the two views the "
-                                 f"{config.augment_mode} training path made of them (seed {config.seed})."))
+    originals, views = first_batch_views(config)
+    captions = [f"view {number} ({view.shape[-1]} px)" for number, view in enumerate(views, start=1)]
+    contact_sheet([((image, "image"), [(view, caption) for view, caption in zip(image_views, captions)])
+                   for image, *image_views in zip(originals, *(_as_uint8(view) for view in views))], out / "views.png")
+    sections.append(page.section("Augmentation preview", page.image("views.png", "views"),
+                                 f"The first {len(originals)} images of the run's first step and the {len(views)} views "
+                                 f"the {config.augment_mode} training path made of them (seed {config.seed}"
+                                 + (f"; --views {config.views}" if config.multi_crop() else "") + ")."))
 
     encoder_file = run_dir / "encoder.safetensors"
     checkpoint = encoder_file if encoder_file.is_file() else _latest_checkpoint(run_dir)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from torchclr.transforms.ablation import CUTOUT_SIDE, NOISE_STD, cutout, gaussian_noise, rotate90, sobel
+from torchclr.transforms.multicrop import MultiCrop
 from torchclr.transforms.spec import AugmentSpec
 
 PerImageOp = Callable[..., Tensor]
@@ -258,6 +259,16 @@ class BatchAugment(nn.Module):
         first, second = self._augment(images, 2, generator, sizes).chunk(2)
         return first, second
 
+    def many_views(self, images: Tensor, count: int, generator: torch.Generator | None = None,
+                   sizes: Tensor | None = None) -> Tensor:
+        """`count` independent views of every image, view-major [count·B,3,S,S], drawn in one pass (multi-crop)."""
+        return self._augment(images, count, generator, sizes)
+
+    def draw(self, images: Tensor, generator: torch.Generator | None = None,
+             sizes: Tensor | None = None) -> tuple[Tensor, ...]:
+        """What a loader yields per step: the two views (see `MultiCropAugment.draw` for more)."""
+        return self.two_views(images, generator, sizes)
+
     def _augment(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
         out = self._crop(images, views, generator, sizes)
         if self.spec.one_branch and views == 2:  # figure 5's protocol: the second view is the crop alone
@@ -385,3 +396,30 @@ class StagedAugment(nn.Module):
     def two_views(self, images: Tensor, generator: torch.Generator | None = None,
                   sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.stages[self.current].two_views(images, generator, sizes)
+
+    def draw(self, images: Tensor, generator: torch.Generator | None = None,
+             sizes: Tensor | None = None) -> tuple[Tensor, ...]:
+        return self.two_views(images, generator, sizes)
+
+
+class MultiCropAugment(nn.Module):
+    """Multi-crop views (see `torchclr.transforms.multicrop`): a `BatchAugment` per view group, each drawing its
+    group's views of the batch in one pass at its size and crop scale, one generator for all groups."""
+
+    def __init__(self, spec: AugmentSpec, views: MultiCrop) -> None:
+        super().__init__()
+        self.groups = nn.ModuleList(BatchAugment(group_spec) for group_spec in views.specs(spec))
+        self.counts = [group.count for group in views.groups]
+
+    @property
+    def spec(self) -> AugmentSpec:
+        """The large views' augmentation (the encoder's input size)."""
+        return self.groups[0].spec
+
+    def set_step(self, step: int, total_steps: int | None) -> None:
+        """Every step draws the same groups (--views and --resolution-schedule exclude each other)."""
+
+    def draw(self, images: Tensor, generator: torch.Generator | None = None,
+             sizes: Tensor | None = None) -> tuple[Tensor, ...]:
+        """One view-major tensor [count·B,3,S,S] per group, largest views first: together the views of z's layout."""
+        return tuple(group.many_views(images, count, generator, sizes) for group, count in zip(self.groups, self.counts))
