@@ -23,6 +23,7 @@ import yaml
 from torchclr.budget import parse_duration
 from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from torchclr.errors import UserError
+from torchclr.health import KEEP_BEST_HIGHER
 from torchclr.transforms.resolution import ResolutionSchedule
 from torchclr.transforms.spec import AugmentSpec
 
@@ -137,6 +138,13 @@ class PretrainConfig:
     knn_bank_size: int = _opt(50_000, "labelled training images (a seeded subset, or all if fewer) the kNN monitor compares against")
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
+    health_every: int = _opt(1, "measure the label-free health of the representation (alignment, uniformity, rank of h, "
+                             "std of z and h, view retrieval; docs/health.md) every this many epochs on a fixed slice "
+                             "of 512 training images (0: never)")
+    stop_on_collapse: bool = _opt(False, "end the run when the health metrics show a collapse, keeping the last healthy "
+                                  "checkpoint (its weights become encoder.safetensors)")
+    keep_best: str | None = _opt(None, "keep the checkpoint of the best epoch as best.safetensors in the run folder, by this "
+                                 "metric: view_top1, rank_h, std_h, std_z, uniformity (label-free) or knn_top1 (labelled data)")
     final_protocol: str = _opt("logreg", "evaluation of the final report against random weights (linear_eval.json): "
                                "'logreg', L-BFGS on cached h (the paper's transfer protocol, one pass of the encoder), or "
                                "'linear', the paper's SGD linear evaluation on random crops (many passes; see torchclr "
@@ -187,6 +195,10 @@ class PretrainConfig:
         if self.augment_mode == "per-image" and any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p, self.one_branch)):
             raise UserError("--cutout-p, --sobel-p, --noise-p, --rotate-p and --one-branch need --augment-mode batched")
         self.grad_cache_request()
+        if self.health_every < 0:
+            raise UserError(f"{option('health_every')} must be >= 0, got {self.health_every}")
+        if self.keep_best is not None and self.keep_best not in KEEP_BEST_HIGHER:
+            raise UserError(f"{option('keep_best')} must name one of {', '.join(KEEP_BEST_HIGHER)}, got {self.keep_best!r}")
         if self.time_budget is not None:
             parse_duration(self.time_budget, option("time_budget"))
         schedule = self.resolution()

@@ -40,6 +40,7 @@ from torchclr.errors import UserError
 from torchclr.evaluate.monitor import final_report, knn_every, open_labelled_eval
 from torchclr.gradcache import grad_cache_backward
 from torchclr.guard import DivergedError, FiniteGuard
+from torchclr.health.monitor import EpochHealth, keep_as_best, restore_last_healthy
 from torchclr.interrupt import Interrupted, StopSignals
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
@@ -349,6 +350,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     batches = _view_batches(config, images, sizes, device, rank, world, run)
     labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
     monitor_every = knn_every(config, labelled) if labelled is not None else 0
+    health = EpochHealth.for_run(config, images, monitor_every > 0)  # label-free health (torchclr.health), or None
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     model, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
     lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
@@ -445,10 +447,19 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
             if labelled is not None and due and steps_in_epoch == batches.steps_per_epoch:
                 record["knn_top1"] = labelled.knn_top1(model.encoder, device, config.knn_k, config.knn_temperature,
                                                        config.knn_bank_size, config.seed)  # every rank extracts a share
+            verdict = (health.after_epoch(epoch + 1, model, device, dtype, record)
+                       if health is not None and steps_in_epoch == batches.steps_per_epoch else None)
+            if verdict is not None and verdict.warning:
+                _say(verdict.warning)
             if rank == 0:
                 run.log(record)
-            if steps_in_epoch == batches.steps_per_epoch:
-                save(epoch + 1, global_step)
+            if verdict is not None and verdict.stop:  # --stop-on-collapse: the collapsed state is not saved
+                _say(restore_last_healthy(model, run.latest_checkpoint(), epoch + 1))
+                last = True
+            elif steps_in_epoch == batches.steps_per_epoch:
+                saved = save(epoch + 1, global_step)
+                if verdict is not None and verdict.best and rank == 0:
+                    keep_as_best(saved, run.dir)
             else:  # a --time-budget ending mid-epoch
                 save(epoch, global_step, steps_in_epoch)
             if rank == 0:
