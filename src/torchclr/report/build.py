@@ -110,6 +110,13 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     if shown:
         sections.append(page.section("Training curves", page.image("curves.png", ", ".join(shown))))
 
+    drawn = plots.health(records, out / "health.png")
+    if drawn:
+        sections.append(page.section("Representation health (no labels)", page.image("health.png", ", ".join(drawn))
+                                     + page.table(_health_rows(records, drawn), ("metric", "first, last and best epoch")),
+                                     "Measured on a fixed slice of training images, two fixed views each; docs/health.md "
+                                     "says what each means and what a healthy run shows."))
+
     originals, one, two = first_batch_views(config)
     contact_sheet([((image, "image"), [(a, "view 1"), (b, "view 2")])
                    for image, a, b in zip(originals, _as_uint8(one), _as_uint8(two))], out / "views.png")
@@ -195,6 +202,23 @@ def _summary(run_dir: Path, config: PretrainConfig, records: list[dict[str, Any]
         for name, result in json.loads(linear.read_text()).items():
             protocol = result.get("protocol", "logreg")  # older runs wrote none: theirs was L-BFGS
             rows.append((f"{protocol} evaluation: {name}", f"top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %"))
+    return rows
+
+
+def _health_rows(records: list[dict[str, Any]], names: list[str]) -> list[tuple[str, str]]:
+    """Per health metric: its first and last values and its best epoch (by --keep-best's direction where it has one)."""
+    from torchclr.health import KEEP_BEST_HIGHER
+
+    rows = []
+    for name in names:
+        values = [(r["epoch"], r[name]) for r in records if name in r and "epoch" in r]
+        (first_epoch, first), (last_epoch, last) = values[0], values[-1]
+        text = f"epoch {first_epoch}: {first:.4g}; epoch {last_epoch}: {last:.4g}"
+        if name in KEEP_BEST_HIGHER:
+            pick = max if KEEP_BEST_HIGHER[name] else min
+            best_epoch, best = pick(values, key=lambda pair: pair[1])
+            text += f"; best {best:.4g} at epoch {best_epoch}"
+        rows.append((name, text))
     return rows
 
 
