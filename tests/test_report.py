@@ -29,7 +29,7 @@ def _images_of(page: Path) -> list[str]:
 def test_report_of_a_labelled_run(trained_run: Path) -> None:  # noqa: F811
     page = build_report(trained_run, device="cpu")
     shown = _images_of(page)
-    assert shown == ["curves.png", "views.png", "per_class.png", "map.png", "neighbours.png"]
+    assert shown == ["curves.png", "health.png", "views.png", "per_class.png", "map.png", "neighbours.png"]
     assert all((page.parent / name).stat().st_size > 1000 for name in shown)
     # the per-class table's overall figure is the kNN monitor's last top-1 (same encoder, k, T, data)
     last_knn = [json.loads(line)["knn_top1"] for line in (trained_run / "metrics.jsonl").read_text().splitlines() if "knn_top1" in line][-1]
@@ -59,8 +59,10 @@ def test_report_of_an_unlabelled_run(tmp_path: Path, tiny_folder: Path) -> None:
         shutil.copy(path, flat / f"{i:03d}.png")
     assert main(["pretrain", "--data", str(flat), "--out-dir", str(tmp_path / "run"), *TINY_RUN]) == 0
     page = build_report(tmp_path / "run", device="cpu")
-    assert _images_of(page) == ["curves.png", "views.png", "map.png", "neighbours.png"]
+    assert _images_of(page) == ["curves.png", "health.png", "views.png", "map.png", "neighbours.png"]
     assert "no labelled evaluation data" in page.read_text()
+    rank = [json.loads(line)["rank_h"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "rank_h" in line]
+    assert f"<td>rank_h</td><td>epoch 1: {rank[0]:.4g}" in page.read_text()  # the table shows the run's own numbers
 
 
 def test_a_folder_without_metrics_is_one_line(tmp_path: Path) -> None:

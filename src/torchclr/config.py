@@ -22,6 +22,7 @@ import yaml
 from torchclr.budget import parse_duration
 from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
 from torchclr.errors import UserError
+from torchclr.health import KEEP_BEST_HIGHER
 from torchclr.transforms.multicrop import MultiCrop
 from torchclr.transforms.resolution import ResolutionSchedule
 from torchclr.transforms.spec import AugmentSpec, check_augment
@@ -168,6 +169,13 @@ class OutputOptions:
     knn_bank_size: int = _opt(50_000, "labelled training images (a seeded subset, or all if fewer) the kNN monitor compares against")
     knn_k: int = _opt(200, "neighbours of the kNN monitor")
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weights")
+    health_every: int = _opt(1, "measure the label-free health of the representation (alignment, uniformity, rank of h, "
+                             "std of z and h, view retrieval; docs/health.md) every this many epochs on a fixed slice "
+                             "of 512 training images (0: never)")
+    stop_on_collapse: bool = _opt(False, "end the run when the health metrics show a collapse, keeping the last healthy "
+                                  "checkpoint (its weights become encoder.safetensors)")
+    keep_best: str | None = _opt(None, "keep the checkpoint of the best epoch as best.safetensors in the run folder, by this "
+                                 "metric: view_top1, rank_h, std_h, std_z, uniformity (label-free) or knn_top1 (labelled data)")
     final_protocol: str = _opt("logreg", "evaluation of the final report against random weights (linear_eval.json): "
                                "'logreg', L-BFGS on cached h (the paper's transfer protocol, one pass of the encoder), or "
                                "'linear', the paper's SGD linear evaluation on random crops (many passes; see torchclr "
@@ -212,7 +220,8 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
         if self.stored_size is not None and self.image_size is not None and self.stored_size < self.image_size:
             raise UserError(f"{option('stored_size')} {self.stored_size} is smaller than --image-size {self.image_size}: "
                             "crops would be blown up from a smaller picture")
-        for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every", "save_every_steps"):
+        for name in ("warmup_epochs", "weight_decay", "momentum", "keep_checkpoints", "knn_every", "save_every_steps",
+                     "health_every"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"{option(name)} must be >= 0, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
@@ -223,6 +232,8 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
         if self.augment_mode == "per-image" and any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p, self.one_branch)):
             raise UserError("--cutout-p, --sobel-p, --noise-p, --rotate-p and --one-branch need --augment-mode batched")
         self.grad_cache_request()
+        if self.keep_best is not None and self.keep_best not in KEEP_BEST_HIGHER:
+            raise UserError(f"{option('keep_best')} must name one of {', '.join(KEEP_BEST_HIGHER)}, got {self.keep_best!r}")
         if self.time_budget is not None:
             parse_duration(self.time_budget, option("time_budget"))
         self._validate_views(option)

@@ -34,6 +34,7 @@ from torchclr.data.sources import open_images
 from torchclr.errors import UserError
 from torchclr.evaluate.monitor import LabelledEval, final_report, knn_every, open_labelled_eval
 from torchclr.guard import DivergedError, FiniteGuard
+from torchclr.health.monitor import EpochHealth, keep_as_best, restore_last_healthy
 from torchclr.interrupt import Interrupted, StopSignals
 from torchclr.length import FixedEpochs, RunLength
 from torchclr.loss import build_loss
@@ -68,8 +69,10 @@ class Pretraining:
     run: RunLog
     labelled: LabelledEval | None
     monitor_every: int
+    health: EpochHealth | None  # label-free health of the representation (torchclr.health), if measured
     peak_lr: float
     device: torch.device
+    collapsed: bool = False  # --stop-on-collapse saw a collapse: the run ends after this epoch
 
     @property
     def views_per_image(self) -> int:
@@ -145,9 +148,19 @@ class Pretraining:
             record["knn_top1"] = self.labelled.knn_top1(self.model.encoder, self.device, self.config.knn_k,
                                                         self.config.knn_temperature, self.config.knn_bank_size,
                                                         self.config.seed)  # every rank extracts a share
+        verdict = (self.health.after_epoch(position.epoch + 1, self.model, self.device, self.ctx.dtype, record)
+                   if self.health is not None and meter.complete else None)
+        if verdict is not None and verdict.warning:
+            say(verdict.warning)
         if self.main:
             self.run.log(record)
-        self.save(Position(position.epoch + 1, 0, position.step) if meter.complete else position)
+        if verdict is not None and verdict.stop:  # --stop-on-collapse: the collapsed state is not saved
+            say(restore_last_healthy(self.model, self.run.latest_checkpoint(), position.epoch + 1))
+            self.collapsed = True
+        else:
+            saved = self.save(Position(position.epoch + 1, 0, position.step) if meter.complete else position)
+            if verdict is not None and verdict.best and self.main:
+                keep_as_best(saved, self.run.dir)
         if self.main:
             self.run.plot()
             if self.config.progress:
@@ -246,7 +259,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     job.length.start(position.step)
 
     record: dict[str, Any] = {}
-    while not job.length.done(position.step):
+    while not (job.length.done(position.step) or job.collapsed):
         meter = train_one_epoch(job, position, stop)
         with job.length.overhead():
             record = job.end_epoch(meter, position)
@@ -289,6 +302,8 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
         raise UserError(f"data {images.origin}: too few usable images for one step of --batch-size {config.batch_size} "
                         f"({images.skipped.summary(listed)})")
     labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
+    monitor_every = knn_every(config, labelled) if labelled is not None else 0
+    health = EpochHealth.for_run(config, images, monitor_every > 0)
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     model, forward_model = wrap_for_training(model, device, sync_bn=config.sync_bn, compile=config.compile)
     peak_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
@@ -307,8 +322,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
     say(plan.describe())
     return Pretraining(config=config, model=model, ctx=ctx, views=batches, length=length, run=run, labelled=labelled,
-                       monitor_every=knn_every(config, labelled) if labelled is not None else 0, peak_lr=peak_lr,
-                       device=device)
+                       monitor_every=monitor_every, health=health, peak_lr=peak_lr, device=device)
 
 
 def run_length(config: PretrainConfig, steps_per_epoch: int, device: torch.device) -> RunLength:

@@ -139,6 +139,13 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     if shown:
         sections.append(page.section("Training curves", page.image("curves.png", ", ".join(shown))))
 
+    drawn = plots.health(records, out / "health.png")
+    if drawn:
+        sections.append(page.section("Representation health (no labels)", page.image("health.png", ", ".join(drawn))
+                                     + page.table(_health_rows(records, drawn), ("metric", "first, last and best epoch")),
+                                     "Measured on a fixed slice of training images, two fixed views each; docs/health.md "
+                                     "says what each means and what a healthy run shows."))
+
     originals, views = first_batch_views(config)
     captions = [f"view {number} ({view.shape[-1]} px)" for number, view in enumerate(views, start=1)]
     contact_sheet([((image, "image"), [(view, caption) for view, caption in zip(image_views, captions)])
@@ -239,6 +246,23 @@ def _final_evaluation(path: Path) -> list[tuple[str, Any]]:
     except (OSError, ValueError, RecursionError, AttributeError, KeyError, TypeError) as err:
         _note(f"left {path} out of the report: it is not an evaluation table ({type(err).__name__})")
         return []
+
+
+def _health_rows(records: list[dict[str, Any]], names: list[str]) -> list[tuple[str, str]]:
+    """Per health metric: its first and last values and its best epoch (by --keep-best's direction where it has one)."""
+    from torchclr.health import KEEP_BEST_HIGHER
+
+    rows = []
+    for name in names:
+        values = [(r["epoch"], r[name]) for r in records if name in r and "epoch" in r]
+        (first_epoch, first), (last_epoch, last) = values[0], values[-1]
+        text = f"epoch {first_epoch}: {first:.4g}; epoch {last_epoch}: {last:.4g}"
+        if name in KEEP_BEST_HIGHER:
+            pick = max if KEEP_BEST_HIGHER[name] else min
+            best_epoch, best = pick(values, key=lambda pair: pair[1])
+            text += f"; best {best:.4g} at epoch {best_epoch}"
+        rows.append((name, text))
+    return rows
 
 
 def _write(out: Path, config: PretrainConfig, sections: list[str]) -> Path:

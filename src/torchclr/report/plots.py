@@ -48,6 +48,27 @@ def curves(records: list[dict[str, Any]], path: Path) -> list[str]:
     return [title for title, *_ in panels]
 
 
+def health(records: list[dict[str, Any]], path: Path) -> list[str]:
+    """The label-free health metrics (torchclr.health) per epoch, one panel each; returns the metrics drawn."""
+    from torchclr.health import HEALTH_METRICS
+
+    measured = [r for r in records if "epoch" in r and any(name in r for name in HEALTH_METRICS)]
+    names = [name for name in HEALTH_METRICS if any(name in r for r in measured)]
+    if not names:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        shown = [r for r in measured if name in r]
+        axis.plot([r["epoch"] for r in shown], [r[name] for r in shown], marker="o")
+        axis.set(title=name, xlabel="epoch")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return names
+
+
 def scatter(points: np.ndarray, labels: np.ndarray | None, classes: list[str], title: str, path: Path) -> None:
     """The 2-D map, one colour per class (grey without labels)."""
     plt = pyplot()
