@@ -26,6 +26,7 @@ _PUBLIC = {
     "embed": "torchclr.embed",
     "nearest": "torchclr.neighbors",
     "export": "torchclr.export",
+    "evaluate": "torchclr.evaluate",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -157,44 +157,19 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from torchclr.options import check_number, check_seed
+    from torchclr.evaluate import FinetuneSettings, LinearSettings, evaluate
     from torchclr.writer import check_output, write_json
-    from torchclr.evaluate.finetune import FinetuneSettings
-    from torchclr.evaluate.linear import LinearSettings
-    from torchclr.evaluate.monitor import PROTOCOLS, LabelledEval, evaluate_encoders, format_table, random_twin
-    from torchclr.pretrained import load_encoder
-    from torchclr.runtime import resolve_device
 
-    for option, value, low, low_open, high in (("--linear-epochs", args.linear_epochs, 0, True, None),
-                                               ("--linear-batch-size", args.linear_batch_size, 0, True, None),
-                                               ("--linear-lr", args.linear_lr, 0, True, None),
-                                               ("--linear-weight-decay", args.linear_weight_decay, 0, False, None),
-                                               ("--label-fraction", args.label_fraction, 0, True, 1),
-                                               ("--finetune-epochs", args.finetune_epochs, 0, True, None),
-                                               ("--knn-k", args.knn_k, 0, True, None),
-                                               ("--knn-temperature", args.knn_temperature, 0, True, None)):
-        check_number(option, value, low=low, low_open=low_open, high=high)
-    check_seed("--seed", args.seed)
+    finetune = FinetuneSettings(args.label_fraction, args.finetune_epochs, seed=args.seed)
+    linear = LinearSettings(args.linear_epochs, args.linear_batch_size, args.linear_lr, args.linear_weight_decay, args.seed)
     if args.json:
         check_output(args.json, "--json", inputs=[args.checkpoint])  # before the evaluation, not after it
-    finetune_settings = FinetuneSettings(args.label_fraction, args.finetune_epochs, seed=args.seed)
-    linear_settings = LinearSettings(args.linear_epochs, args.linear_batch_size, args.linear_lr, args.linear_weight_decay, args.seed)
-    device = resolve_device(args.device)
-    encoder, _, meta = load_encoder(args.checkpoint)
-    config = meta["config"]
-    spec = args.data or config.eval_data or config.data
-    test_split = args.eval_split or (config.eval_split if not args.data else "test")
-    labelled = LabelledEval.open(spec, config.image_size, args.download, test_split=test_split)
-    encoder = encoder.to(device)
-    encoders = {"SimCLR": encoder}
-    if args.compare_random:
-        encoders["random weights"] = random_twin(encoder, config)
-    results = evaluate_encoders(labelled, encoders, device, args.protocol, args.knn_k, args.knn_temperature, finetune_settings,
-                                linear_settings)
-    what = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else PROTOCOLS[args.protocol]
-    print(format_table(results, f"{what} of {args.checkpoint}", labelled))
+    done = evaluate(args.checkpoint, protocol=args.protocol, data=args.data, eval_split=args.eval_split,
+                    compare_random=args.compare_random, device=args.device, knn_k=args.knn_k,
+                    knn_temperature=args.knn_temperature, linear=linear, finetune=finetune, download=args.download)
+    print(done.table)
     if args.json:
-        write_json(args.json, results, what="the results (--json)")
+        write_json(args.json, done.results, what="the results (--json)")
 
 
 def _embed(args: argparse.Namespace) -> None:

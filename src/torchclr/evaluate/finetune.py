@@ -20,6 +20,7 @@ from torch import nn
 
 from torchclr import memory
 from torchclr.errors import UserError
+from torchclr.options import check_number, check_seed
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
 from torchclr.evaluate.linear import EpochBatches, crop_and_flip, linear_head
@@ -41,12 +42,11 @@ class FinetuneSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.label_fraction <= 1:
-            raise UserError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise UserError(f"--finetune-epochs must be > 0, got {self.epochs}")
-        if self.batch_size <= 0 or self.base_lr <= 0:
-            raise UserError("fine-tuning batch size and learning rate must be > 0")
+        check_number("--label-fraction", self.label_fraction, low=0, low_open=True, high=1)
+        for flag, value in (("--finetune-epochs", self.epochs), ("fine-tuning batch size", self.batch_size),
+                            ("fine-tuning learning rate", self.base_lr)):
+            check_number(flag, value, low=0, low_open=True)
+        check_seed("--seed", self.seed)
 
 
 def labelled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

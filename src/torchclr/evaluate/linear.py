@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchclr.errors import UserError
+from torchclr.options import check_number, check_seed
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
 from torchclr.optim import scaled_lr, warmup_cosine_scheduler
@@ -84,13 +84,11 @@ class LinearSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for flag, value in (("--linear-epochs", self.epochs), ("--linear-batch-size", self.batch_size)):
-            if value is not None and value <= 0:
-                raise UserError(f"{flag} must be > 0, got {value}")
-        if self.base_lr <= 0:
-            raise UserError(f"--linear-lr must be > 0, got {self.base_lr}")
-        if self.weight_decay < 0:
-            raise UserError(f"--linear-weight-decay must be >= 0, got {self.weight_decay}")
+        for flag, value in (("--linear-epochs", self.epochs), ("--linear-batch-size", self.batch_size),
+                            ("--linear-lr", self.base_lr)):
+            check_number(flag, value, low=0, low_open=True)
+        check_number("--linear-weight-decay", self.weight_decay, low=0)
+        check_seed("--seed", self.seed)
 
     def resolve(self, images: int) -> tuple[int, int, float]:
         """(epochs, batch size, learning rate) for a training set of `images`."""
