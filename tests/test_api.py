@@ -45,3 +45,25 @@ def test_readme_calls(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
     assert np.isclose(found.similarities[0, 0], 1.0, atol=1e-5)
     done = export(checkpoint, "onnx", tmp_path / "encoder.onnx")
     assert done.path.is_file() and done.path.suffix == ".onnx"
+
+
+def test_evaluate_from_python_is_the_kNN_of_the_encoder(trained_run: Path) -> None:  # noqa: F811
+    """`torchclr.evaluate(...)` scores the encoder as an independent kNN on its own features does."""
+    import torch
+
+    import torchclr
+    from torchclr.evaluate.features import extract_features
+    from torchclr.evaluate.knn import accuracy, knn_predict
+    from torchclr.evaluate.monitor import LabelledEval
+    from torchclr.pretrained import load_encoder
+
+    checkpoint = trained_run / "encoder.safetensors"
+    done = torchclr.evaluate(checkpoint, protocol="knn", knn_k=5, device="cpu", compare_random=False)
+    assert list(done.results) == ["SimCLR"] and "weighted kNN" in done.table
+    encoder, _, info = load_encoder(checkpoint)
+    labelled = LabelledEval.open(info["config"].data, info["config"].image_size)
+    train, test = (extract_features(encoder, split.views(), torch.device("cpu")) for split in (labelled.train, labelled.test))
+    expected = accuracy(knn_predict(train, labelled.train.labels, test, labelled.num_classes, 5, 0.1), labelled.test.labels)
+    assert done.results["SimCLR"]["top1"] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(torchclr.UserError, match="--knn-temperature must be a finite number"):
+        torchclr.evaluate(checkpoint, protocol="knn", knn_temperature=float("nan"))
