@@ -26,7 +26,7 @@ from torchclr.errors import UserError
 from torchclr.transforms.resolution import ResolutionSchedule
 from torchclr.transforms.spec import AugmentSpec
 
-PRESETS = ("quickstart", "cifar10", "imagenet", "cpu-budget")
+PRESETS = ("quickstart", "cifar10", "imagenet", "cpu-budget", "cifar10-gpu")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
