@@ -6,6 +6,7 @@ encoder in pieces that fit the GPU machine's file limits, and the summary (JSON 
     python benchmarks/gpu_reproduce.py split FILE OUT --info PIECES.json   # FILE.part-00, -01, ... of at most 16 MiB
     python benchmarks/gpu_reproduce.py summary --run RUN_DIR --work WORK --out OUT --steps train=0 knn=0 ...
       (WORK holds knn.json, linear.json and pieces.json when those steps ran)
+    python benchmarks/gpu_reproduce.py table --out OUT/recipe SUMMARY.json ...   # one row per run: recipe.json/.md
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _environment() -> dict[str, str]:
 
 
 def summarise(run: Path, work: Path, steps: dict[str, int], data: str, train_seconds: float, smoke: bool,
-              pieces: dict[str, Any] | None) -> dict[str, Any]:
+              pieces: dict[str, Any] | None, label: str = "") -> dict[str, Any]:
     """What the run produced, read from its files: nothing is assumed about steps that failed."""
     records = _metrics(run)
     epochs = [r for r in records if "epoch_loss" in r]
@@ -103,6 +104,7 @@ def summarise(run: Path, work: Path, steps: dict[str, int], data: str, train_sec
     batch = config.get("batch_size")
     summary: dict[str, Any] = {
         "kind": "smoke (toy size, measures nothing)" if smoke else "reproduction",
+        "label": label,
         "data": data,
         **_environment(),
         "steps": {name: ("ok" if rc == 0 else f"exit {rc}") for name, rc in steps.items()},
@@ -159,6 +161,20 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table(summaries: list[dict[str, Any]], title: str) -> tuple[list[dict[str, Any]], str]:
+    """One row per run (its label, epochs, minutes, pairs/s, final kNN), best kNN first; runs without one last."""
+    rows = [{"run": s["label"], "epochs": s["epochs"], "training_minutes": s["training_minutes"],
+             "pairs_per_s": s["pairs_per_s_overall"], "knn_top1": s["final_knn_top1"],
+             "failed": {k: v for k, v in s["steps"].items() if v != "ok"}} for s in summaries]
+    rows.sort(key=lambda row: -(row["knn_top1"] if row["knn_top1"] is not None else -1.0))
+    lines = [f"# {title}", "", f"{summaries[0]['gpu'] if summaries else '-'}, torch {summaries[0]['torch'] if summaries else '-'}", "",
+             "| run (options beside the preset) | epochs | minutes | pairs/s | kNN top-1 % | failed steps |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['run']} | {r['epochs']} | {_shown(r['training_minutes'])} | {_shown(r['pairs_per_s'])} | "
+              f"{_shown(r['knn_top1'])} | {', '.join(f'{k} {v}' for k, v in r['failed'].items()) or '-'} |" for r in rows]
+    return rows, "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--train-seconds", type=float, default=0.0)
     summary.add_argument("--smoke", default="0")
     summary.add_argument("--steps", nargs="*", default=[], help="NAME=EXIT_CODE of each step that ran")
+    summary.add_argument("--label", default="", help="what this run is (a recipe cell, a study)")
+    rows = commands.add_parser("table")
+    rows.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
+    rows.add_argument("--title", default="runs")
+    rows.add_argument("summaries", nargs="*", type=Path)
     args = parser.parse_args(argv)
 
     if args.command == "subset":
@@ -200,11 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         info = split_file(args.file, args.out)
         args.info.write_text(json.dumps(info, indent=2))
         print(f"{args.file.name}: {len(info['pieces'])} pieces in {args.out}; join: {info['join']}")
+    elif args.command == "table":
+        found = [json.loads(path.read_text()) for path in args.summaries if path.is_file()]
+        rows, text = table(found, args.title)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(text)
+        print(text)
     else:
         steps = {name: int(rc) for name, _, rc in (item.partition("=") for item in args.steps)}
         pieces_file = args.work / "pieces.json"
         pieces = json.loads(pieces_file.read_text()) if pieces_file.is_file() else None
-        result = summarise(args.run, args.work, steps, args.data, args.train_seconds, args.smoke == "1", pieces)
+        result = summarise(args.run, args.work, steps, args.data, args.train_seconds, args.smoke == "1", pieces, args.label)
         (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
         text = markdown(result)
         (args.out / "summary.md").write_text(text)

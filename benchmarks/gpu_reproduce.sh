@@ -3,7 +3,7 @@
 # ResNet-18 (CIFAR stem, 32 px) pretrained on all 50,000 training images for TRAIN_MINUTES with the cifar10-gpu
 # preset, kNN (k = 200) every 10 epochs, then kNN and the paper's linear evaluation (sections 2.3 and B.6) on the
 # 10,000 test images. Writes to $OUT: summary.json and summary.md (epochs, minutes, pairs/s, kNN curve, final kNN and
-# linear top-1, GPU, torch), reproduce.log, and with SPLIT=1 the encoder in pieces of at most 16 MiB.
+# linear top-1, GPU, torch), gpu_reproduce.log, and with SPLIT=1 the encoder in pieces of at most 16 MiB.
 #
 #   DATA=.data/cifar10-jpeg.zip bash benchmarks/gpu_reproduce.sh             # the reproduction (docs/gpu.md)
 #   DATA=... SPLIT=1 OUT=/tmp/out bash benchmarks/gpu_reproduce.sh           # also the encoder, in pieces
@@ -17,41 +17,10 @@
 # still run where they can (the evaluations use the last checkpoint) and the summary says what exists.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-DEVICE=${DEVICE:-cuda}
-OUT=${OUT:-runs/gpu-reproduce}
-SMOKE=${SMOKE:-0}
+NAME=gpu_reproduce
 SPLIT=${SPLIT:-0}
 KNN_EVERY=${KNN_EVERY:-10}
-DEADLINE_S=${DEADLINE_S:-570}
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-WORK=${WORK:-$(mktemp -d /tmp/gpu-reproduce.XXXXXX)}
-mkdir -p "$WORK"
-LOG="$OUT/reproduce.log"
-: >"$LOG"
-HELPER=(benchmarks/gpu_reproduce.py)
-steps=()
-
-say() { echo "gpu_reproduce: $*" | tee -a "$LOG"; }
-
-# run_step NAME SECONDS CMD...: the command's output goes to the screen and reproduce.log; a failure is one line
-# with the exit code and the command's last line (for a GPU out of memory: torch's OutOfMemoryError line).
-run_step() {
-    local name=$1 limit=$2; shift 2
-    local step_log="$WORK/$name.log"
-    timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee "$step_log" | tee -a "$LOG"
-    local rc=${PIPESTATUS[0]}
-    steps+=("$name=$rc")
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        say "$name stopped at the deadline after ${limit} s (exit $rc)"
-    elif [ "$rc" != 0 ]; then
-        say "$name failed (exit $rc): $(grep -v '^\s*$' "$step_log" | tail -n 1)"
-    fi
-    return "$rc"
-}
-
-seconds_left() { local left=$((DEADLINE_S - SECONDS)); echo $((left > 10 ? left : 10)); }
+source benchmarks/gpu_common.sh
 
 if [ "$SMOKE" = 1 ]; then  # toy sizes: checks that every command runs, measures nothing
     DATA=${DATA:-sample}
@@ -62,21 +31,7 @@ if [ "$SMOKE" = 1 ]; then  # toy sizes: checks that every command runs, measures
 else
     size=(--time-budget "${TRAIN_MINUTES:-7}m") linear=(--linear-epochs "${LINEAR_EPOCHS:-30}")
 fi
-if [ -z "${DATA:-}" ]; then
-    say "DATA is not set: give the CIFAR-10 zip, e.g. DATA=.data/cifar10-jpeg.zip (docs/gpu.md); nothing to train"
-    steps+=("data=2")
-elif [ "$DATA" != sample ] && [ ! -f "$DATA" ] && [ ! -d "$DATA" ]; then
-    say "DATA=$DATA is not a file or folder: nothing to train (docs/gpu.md: copy the zip into a git-ignored folder and carry it)"
-    steps+=("data=2")
-fi
-
-train_data=${DATA:-}
-if [ "$SMOKE" = 1 ] && [ -n "$train_data" ]; then  # a few steps: 100 training and 50 test images of the data
-    run_step subset "$(seconds_left)" "$PYTHON" "${HELPER[@]}" subset "$train_data" "$WORK/subset" --train 100 --test 50 \
-        && train_data=$(tail -n 1 "$WORK/subset.log")  # the subset's folder
-fi
-
-if [[ " ${steps[*]} " != *" data=2 "* ]] && [[ " ${steps[*]} " != *" subset="[1-9]* ]]; then
+if check_data && smoke_subset; then
     start=$SECONDS
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of options
     run_step train "$(seconds_left)" "$PYTHON" -m torchclr pretrain --config cifar10-gpu --data "$train_data" \
@@ -100,6 +55,4 @@ fi
 
 "$PYTHON" "${HELPER[@]}" summary --run "$WORK/run" --work "$WORK" --out "$OUT" --data "${DATA:-}" \
     --train-seconds "${train_seconds:-0}" --smoke "$SMOKE" --steps "${steps[@]}" 2>&1 | tee -a "$LOG"
-failed=$(printf '%s\n' "${steps[@]}" | grep -cv '=0$')
-say "done in $SECONDS s, $failed step(s) failed; $OUT/summary.md"
-[ "$failed" = 0 ]
+finish

@@ -93,8 +93,9 @@ class PretrainConfig:
     loss: str = _opt("nt_xent", "contrastive loss", ("nt_xent", "nt_logistic", "margin_triplet"))
     temperature: float = _opt(0.5, "temperature tau of the loss")
     margin: float = _opt(1.0, "margin of the margin_triplet loss")
-    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
-                           "anchor than its positive (semi-hard mining, the paper's table 4)")
+    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: one negative per anchor, the most similar one that is "
+                           "less similar than its positive (semi-hard mining after Schroff et al., the paper's "
+                           "section 5.1 and table 4)")
     l2_normalize: bool = _opt(True, "compare z by cosine similarity (off: by dot product, the paper's table 5 ablation)")
     # optimisation
     optimizer: str = _opt("lars", "optimizer", ("lars", "sgd", "adamw"))

@@ -8,17 +8,17 @@ import torch
 from torch import nn
 
 from torchclr.errors import UserError
-from torchclr.loss.pairs import mean_over_negatives, pair_similarities
+from torchclr.loss.pairs import at_semi_hard_negative, mean_over_negatives, other_view_negatives, pair_similarities
 
 
 class MarginTripletLoss(nn.Module):
-    """l(i) = 1/(2N-2) * sum_{k != i, j} max(s_ik - s_ij + m, 0), averaged over rows.
+    """l(i) = 1/(N-1) * sum_k max(s_ik - s_ij + m, 0), averaged over rows.
 
     Table 2 of the paper uses -max(u.v- - u.v+ + m, 0) as the objective for one negative v-; here the hinge is
-    averaged over all 2N - 2 negatives of the global batch (s is cosine similarity, j is i's other view).
-    There is no temperature: cosine similarities already live in [-1, 1], on the margin's scale.
-    `semi_hard`: the mean runs over the negatives with s_ik < s_ij only (the paper's table 4, see
-    `torchclr.loss.pairs.semi_hard_negatives`).
+    averaged over the negatives of one augmentation view (footnote 8, appendix B.10): the N - 1 other images' views
+    in the view of i's positive j (s is cosine similarity). There is no temperature: cosine similarities already
+    live in [-1, 1], on the margin's scale. `semi_hard`: one negative per row, the semi-hard one of Schroff et al.
+    (the paper's table 4, see `torchclr.loss.pairs.semi_hard_negative`).
     """
 
     def __init__(self, margin: float, semi_hard: bool = False, l2_normalize: bool = True) -> None:
@@ -33,7 +33,10 @@ class MarginTripletLoss(nn.Module):
         pairs = pair_similarities(z, self.l2_normalize)
         positive = pairs.similarity.gather(1, pairs.positive_index.unsqueeze(1))
         hinge = torch.relu(pairs.similarity - positive + self.margin)
-        return mean_over_negatives(hinge, pairs, self.semi_hard).mean()
+        negatives = other_view_negatives(pairs)
+        if self.semi_hard:
+            return at_semi_hard_negative(hinge, pairs, negatives).mean()
+        return mean_over_negatives(hinge, negatives).mean()
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, semi_hard={self.semi_hard}"

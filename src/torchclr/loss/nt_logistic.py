@@ -6,17 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchclr.loss.pairs import check_temperature, mean_over_negatives, pair_similarities
+from torchclr.loss.pairs import (at_semi_hard_negative, check_temperature, mean_over_negatives, other_view_negatives,
+                                 pair_similarities)
 
 
 class NTLogisticLoss(nn.Module):
-    """l(i) = -log sigmoid(s_ij / tau) - 1/(2N-2) * sum_{k != i, j} log sigmoid(-s_ik / tau), averaged over rows.
+    """l(i) = -log sigmoid(s_ij / tau) - 1/(N-1) * sum_k log sigmoid(-s_ik / tau), averaged over rows.
 
     Table 2 of the paper maximises log sigmoid(u.v+ / tau) + log sigmoid(-u.v- / tau) for one positive v+ and a
-    negative v-; here the negative term is the mean over all 2N - 2 negatives of the global batch (s is cosine
-    similarity, j is i's other view), so its weight relative to the positive term does not grow with the batch.
-    `semi_hard`: the mean runs over the negatives with s_ik < s_ij only (the paper's table 4, see
-    `torchclr.loss.pairs.semi_hard_negatives`).
+    negative v-. The negatives k are those of one augmentation view (footnote 8, appendix B.10): the N - 1 other
+    images' views in the view of i's positive j (s is cosine similarity), averaged so that their weight relative to
+    the positive term does not grow with the batch. `semi_hard`: one negative per row, the semi-hard one of
+    Schroff et al. (the paper's table 4, see `torchclr.loss.pairs.semi_hard_negative`).
     """
 
     def __init__(self, temperature: float, semi_hard: bool = False, l2_normalize: bool = True) -> None:
@@ -31,7 +32,11 @@ class NTLogisticLoss(nn.Module):
         logits = pairs.similarity / self.temperature
         positive = logits.gather(1, pairs.positive_index.unsqueeze(1)).squeeze(1)
         # -log sigmoid(x) = softplus(-x) and -log sigmoid(-x) = softplus(x), without overflow.
-        negative = mean_over_negatives(F.softplus(logits), pairs, self.semi_hard)
+        negatives = other_view_negatives(pairs)
+        if self.semi_hard:
+            negative = at_semi_hard_negative(F.softplus(logits), pairs, negatives)
+        else:
+            negative = mean_over_negatives(F.softplus(logits), negatives)
         return (F.softplus(-positive) + negative).mean()
 
     def extra_repr(self) -> str:

@@ -58,28 +58,47 @@ def pair_similarities(z: torch.Tensor, l2_normalize: bool = True) -> Pairs:
     )
 
 
-def mean_over_negatives(terms: torch.Tensor, pairs: Pairs, semi_hard: bool = False) -> torch.Tensor:
-    """Average per-pair terms [2n, 2N] over each row's negatives: all columns but itself and its positive, or with
-    `semi_hard` only those less similar to the row than its positive (s_ik < s_ij, as the paper's table 4).
+def other_view_negatives(pairs: Pairs) -> torch.Tensor:
+    """Boolean [2n, 2N]: the negatives of each row taken from one augmentation view only, the view its positive
+    comes from (view-1 rows against view-2 columns and the other way round), its positive excluded: N - 1 per row.
 
-    Zeroes the other columns out of place: relu and friends keep their output for the backward pass. A row with
-    no negatives (a single image in the whole batch, or no semi-hard one) averages nothing, taken as 0.
+    The paper's NT-Logistic and margin losses use "negatives from one augmentation view" (footnote 8, appendix B.10);
+    NT-Xent keeps all 2N - 2. Every rank's block of the gathered columns is laid out as [view 1; view 2] of its n images.
     """
-    excluded = torch.stack((pairs.self_index, pairs.positive_index), dim=1)
-    if not semi_hard:
-        terms = terms.scatter(1, excluded, 0.0)
-        return terms.sum(dim=1) / max(terms.shape[1] - 2, 1)
-    kept = semi_hard_negatives(pairs)
-    return torch.where(kept, terms, 0.0).sum(dim=1) / kept.sum(dim=1).clamp(min=1)
+    rows, columns = pairs.similarity.shape
+    device = pairs.similarity.device
+    row_second_view = torch.arange(rows, device=device) >= rows // 2
+    column_second_view = torch.arange(columns, device=device) % rows >= rows // 2
+    other_view = row_second_view.unsqueeze(1) != column_second_view.unsqueeze(0)
+    return other_view.scatter(1, pairs.positive_index.unsqueeze(1), False)
 
 
-def semi_hard_negatives(pairs: Pairs) -> torch.Tensor:
-    """Boolean [2n, 2N]: the negatives k of row i with s_ik < s_ij, i.e. easier than its positive j.
+def mean_over_negatives(terms: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Average per-pair terms [2n, 2N] over each row's `negatives` (boolean, same shape); a row with none gives 0.
 
-    The paper (section 5.1, table 4) mines these for NT-Logistic and the margin loss, after Schroff et al. (2015):
-    harder negatives (more similar than the positive) make those losses collapse. A selection, so no gradient flows
-    through it; under several processes it covers the negatives of every rank, as the similarities do.
+    Selects out of place: relu and friends keep their output for the backward pass."""
+    return torch.where(negatives, terms, 0.0).sum(dim=1) / negatives.sum(dim=1).clamp(min=1)
+
+
+def semi_hard_negative(pairs: Pairs, negatives: torch.Tensor) -> torch.Tensor:
+    """Column [2n] of each row's semi-hard negative among `negatives`: the most similar one that is still less
+    similar than the row's positive (the closest negative farther than the positive); where there is none, the least
+    similar negative of all, as TensorFlow's `triplet_semihard_loss` chooses.
+
+    The paper (section 5.1, table 4) mines these for NT-Logistic and the margin loss after Schroff et al. (2015), one
+    negative per anchor. A selection, so no gradient flows through it; under several processes it covers the
+    negatives of every rank, as the similarities do.
     """
-    positive = pairs.similarity.gather(1, pairs.positive_index.unsqueeze(1))
-    kept = pairs.similarity.detach() < positive.detach()
-    return kept.scatter(1, pairs.self_index.unsqueeze(1), False)  # s_ii = 1 is never below s_ij, but rounding may say so
+    similarity = pairs.similarity.detach()
+    positive = similarity.gather(1, pairs.positive_index.unsqueeze(1))
+    easier = negatives & (similarity < positive)
+    closest_easier = torch.where(easier, similarity, float("-inf")).argmax(dim=1)
+    least_similar = torch.where(negatives, similarity, float("inf")).argmin(dim=1)
+    return torch.where(easier.any(dim=1), closest_easier, least_similar)
+
+
+def at_semi_hard_negative(terms: torch.Tensor, pairs: Pairs, negatives: torch.Tensor) -> torch.Tensor:
+    """Per-pair terms [2n, 2N] read at each row's semi-hard negative; 0 for a row with no negatives at all (a single
+    image in the whole batch), as `mean_over_negatives` gives."""
+    chosen = terms.gather(1, semi_hard_negative(pairs, negatives).unsqueeze(1)).squeeze(1)
+    return torch.where(negatives.any(dim=1), chosen, 0.0)
