@@ -52,17 +52,34 @@ def reference_nt_xent(z: torch.Tensor, tau: float, similarity=cosine_matrix) -> 
     return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(size // 2)) / size
 
 
+def one_view_negatives(i: int, size: int) -> list[int]:
+    """Row i's negatives from one augmentation view (the paper's footnote 8 / B.10): the other images' rows in the view
+    of i's partner (paper order: view 1 at even rows, view 2 at odd ones)."""
+    return [k for k in range(size) if k % 2 != i % 2 and k != partner(i)]
+
+
+def tf_semi_hard(s_row: list[float], s_pos: float, negatives: list[int]) -> int:
+    """TensorFlow Addons' triplet_semihard_loss in similarities: the negative with the smallest distance that is still
+    larger than the positive's (the largest s below s_pos); when none is, the largest distance of all (the smallest s)."""
+    farther = [k for k in negatives if s_row[k] < s_pos]
+    if farther:
+        return max(farther, key=lambda k: s_row[k])
+    return min(negatives, key=lambda k: s_row[k])
+
+
 def reference_mean_over_negatives(z: torch.Tensor, per_pair, per_anchor, semi_hard: bool = False) -> float:
-    """Mean over anchors i of per_anchor(s_ij) + mean over negatives k of per_pair(s_ik, s_ij) (0 with no negatives);
-    `semi_hard`: only the negatives with s_ik < s_ij count (Schroff et al. 2015, the paper's table 4)."""
+    """Mean over anchors i of per_anchor(s_ij) + mean over i's one-view negatives k of per_pair(s_ik, s_ij) (0 with
+    none); `semi_hard`: per_pair of the one semi-hard negative instead (Schroff et al. 2015, the paper's table 4)."""
     s = cosine_matrix(paper_order(z))
     size = len(s)
     total = 0.0
     for i in range(size):
         j = partner(i)
-        negatives = [per_pair(s[i][k], s[i][j]) for k in range(size)
-                     if k not in (i, j) and (not semi_hard or s[i][k] < s[i][j])]
-        total += per_anchor(s[i][j]) + (sum(negatives) / len(negatives) if negatives else 0.0)
+        negatives = one_view_negatives(i, size)
+        if semi_hard and negatives:
+            negatives = [tf_semi_hard(s[i], s[i][j], negatives)]
+        terms = [per_pair(s[i][k], s[i][j]) for k in negatives]
+        total += per_anchor(s[i][j]) + (sum(terms) / len(terms) if terms else 0.0)
     return total / size
 
 
@@ -139,14 +156,35 @@ def test_semi_hard_margin_triplet_matches_loop(n: int, margin: float) -> None:
     assert MarginTripletLoss(margin, semi_hard=True)(z).item() == pytest.approx(expected, abs=1e-5)
 
 
-def test_semi_hard_selects_a_proper_subset() -> None:
-    """The fixture holds both kinds of negatives, so semi-hard mining changes the loss (else the tests above are moot)."""
+def test_semi_hard_fixture_has_both_kinds_of_negatives() -> None:
+    """The fixture holds negatives on both sides of the positive, so mining picks a strict subset (else the tests
+    above are moot)."""
     z = semi_hard_embeddings(16, seed=16)
     s = torch.nn.functional.normalize(z, dim=1) @ torch.nn.functional.normalize(z, dim=1).T
     positive = s.diagonal(16).repeat(2)
     easier = (s < positive[:, None]).sum().item()  # neither self (s = 1) nor the positive itself counts
     assert 0.5 * 32 * 30 < easier < 32 * 30
     assert NTLogisticLoss(0.5, semi_hard=True)(z).item() != pytest.approx(NTLogisticLoss(0.5)(z).item(), abs=1e-3)
+
+
+def test_semi_hard_picks_the_closest_negative_farther_than_the_positive() -> None:
+    """Hand-made similarities: anchor 0's positive at s = 0.5, negatives of the other view at 0.9 (harder), 0.4 and
+    0.1 (easier). Schroff's semi-hard negative is the one at 0.4, not the mean over 0.4 and 0.1 (the old rule)."""
+    from torchclr.loss.pairs import Pairs, other_view_negatives, semi_hard_negative
+
+    similarity = torch.full((8, 8), -0.5)
+    similarity[0, 4:] = torch.tensor([0.5, 0.9, 0.4, 0.1])  # row 0 (view 1, image 0) against view 2 of images 0-3
+    similarity[0, 1:4] = 0.45  # view 1 of the other images: not negatives of row 0 (one view only)
+    index = torch.arange(8)
+    pairs = Pairs(similarity, index, ((index + 4) % 8).unsqueeze(1))  # [anchors, views - 1]: one positive each
+    negatives = other_view_negatives(pairs)
+    assert negatives[0].tolist() == [False] * 5 + [True] * 3
+    assert semi_hard_negative(pairs, negatives)[0].item() == 6  # s = 0.4
+    similarity[0, 6:] = 0.7  # every negative now harder than the positive: TF's rule takes the least similar one
+    similarity[0, 5] = 0.95
+    assert semi_hard_negative(pairs, negatives)[0].item() in (6, 7)
+    z_margin = torch.relu(similarity - 0.5 + 0.5)[0, 6]  # the hinge the loss then takes for row 0
+    assert z_margin.item() == pytest.approx(0.7)
 
 
 @pytest.mark.parametrize("loss", [NTLogisticLoss(0.5, semi_hard=True), MarginTripletLoss(0.5, semi_hard=True)], ids=repr)

@@ -45,15 +45,23 @@ def naive_multi_positive(z: torch.Tensor, n: int, views: int, tau: float, anchor
     return torch.stack(terms).mean()
 
 
+def one_view_negatives(i: int, p: int, n: int, rows: int) -> list[int]:
+    """The negatives of anchor i with positive p from one augmentation view (the paper's footnote 8 / B.10), the
+    positive's: the other images' rows in p's view (row r is view r // n of image r % n)."""
+    return [k for k in range(rows) if k // n == p // n and k % n != i % n]
+
+
 def naive_nt_logistic(z: torch.Tensor, n: int, tau: float) -> torch.Tensor:
+    """Per positive p: -log sigmoid(s_ip / tau) and the mean of -log sigmoid(-s_ik / tau) over p's view's negatives;
+    averaged over positives, then anchors."""
     u = F.normalize(z, dim=1)
     terms = []
     for i in range(len(u)):
         positives = [p for p in range(len(u)) if p != i and p % n == i % n]
-        negatives = [k for k in range(len(u)) if k % n != i % n]
-        positive = torch.stack([-F.logsigmoid(u[i] @ u[p] / tau) for p in positives]).mean()
-        negative = torch.stack([-F.logsigmoid(-(u[i] @ u[k]) / tau) for k in negatives]).mean()
-        terms.append(positive + negative)
+        per_positive = [-F.logsigmoid(u[i] @ u[p] / tau)
+                        + torch.stack([-F.logsigmoid(-(u[i] @ u[k]) / tau) for k in one_view_negatives(i, p, n, len(u))]).mean()
+                        for p in positives]
+        terms.append(torch.stack(per_positive).mean())
     return torch.stack(terms).mean()
 
 
@@ -62,8 +70,8 @@ def naive_margin_triplet(z: torch.Tensor, n: int, margin: float) -> torch.Tensor
     terms = []
     for i in range(len(u)):
         positives = [p for p in range(len(u)) if p != i and p % n == i % n]
-        negatives = [k for k in range(len(u)) if k % n != i % n]
-        terms += [torch.stack([torch.relu(u[i] @ u[k] - u[i] @ u[p] + margin) for k in negatives]).mean() for p in positives]
+        terms += [torch.stack([torch.relu(u[i] @ u[k] - u[i] @ u[p] + margin) for k in one_view_negatives(i, p, n, len(u))]).mean()
+                  for p in positives]
     return torch.stack(terms).mean()
 
 

@@ -27,7 +27,7 @@ from torchclr.transforms.multicrop import MultiCrop
 from torchclr.transforms.resolution import ResolutionSchedule
 from torchclr.transforms.spec import AugmentSpec, check_augment
 
-PRESETS = ("quickstart", "cifar10", "imagenet", "cpu-budget")
+PRESETS = ("quickstart", "cifar10", "imagenet", "cpu-budget", "cifar10-gpu")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -64,8 +64,9 @@ class LossOptions:
     view_anchors: str = _opt("all", "with --views: the anchors of the multi-positive NT-Xent: 'all' views (SupCon's "
                              "L_out) or only the 'large' ones (SwAV computes its codes from the large crops only); "
                              "every view is a positive and a negative either way", ("all", "large"))
-    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: average only over the negatives less similar to the "
-                           "anchor than its positive (semi-hard mining, the paper's table 4)")
+    semi_hard: bool = _opt(False, "nt_logistic and margin_triplet: one negative per anchor, the most similar one that is "
+                           "less similar than its positive (semi-hard mining after Schroff et al., the paper's "
+                           "section 5.1 and table 4)")
     l2_normalize: bool = _opt(True, "compare z by cosine similarity (off: by dot product, the paper's table 5 ablation)")
 
 

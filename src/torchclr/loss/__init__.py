@@ -17,9 +17,10 @@ def build_loss(name: str, temperature: float, margin: float, semi_hard: bool = F
     """Pick a loss by its config name; each loss only reads (and checks) the settings it uses.
 
     `semi_hard` applies to NT-Logistic and the margin loss (NT-Xent weighs every negative by its softmax already),
-    with two views (it compares each negative with the one positive); `l2_normalize` off compares z by dot product
-    instead of cosine similarity (the paper's table 5). `views` per image (multi-crop: more than 2) are laid out
-    view-major; `anchor_views` (the large views, NT-Xent only) limits the anchors to the first that many views."""
+    with two views (it compares each negative with the one positive). Those two losses take each triplet's negatives
+    from one augmentation view, its positive's (footnote 8, appendix B.10; NT-Xent keeps them all). `l2_normalize`
+    off compares z by dot product instead of cosine similarity (the paper's table 5). `views` per image (multi-crop:
+    more than 2) are laid out view-major; `anchor_views` (the large views, NT-Xent only) limits the anchors to the first that many views."""
     if semi_hard and name == "nt_xent":
         raise UserError("semi-hard negatives apply to the nt_logistic and margin_triplet losses, not nt_xent")
     if semi_hard and views > 2:

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchclr.loss.pairs import check_temperature, check_views, mean_over_negatives, pair_similarities
+from torchclr.loss.pairs import (at_semi_hard_negative, check_temperature, check_views, mean_over_negatives,
+                                 other_view_negatives, pair_similarities)
 
 
 class NTLogisticLoss(nn.Module):
@@ -14,11 +15,14 @@ class NTLogisticLoss(nn.Module):
     averaged over rows.
 
     Table 2 of the paper maximises log sigmoid(u.v+ / tau) + log sigmoid(-u.v- / tau) for one positive v+ and a
-    negative v-; here the negative term is the mean over the negatives K(i) of the global batch (every view of every
-    other image), so its weight relative to the positive term does not grow with the batch, and the positive term
-    the mean over the other `views` - 1 views P(i) of i's image (with two views: its one other view).
-    `semi_hard`: the mean runs over the negatives with s_ik < s_ij only (the paper's table 4, two views, see
-    `torchclr.loss.pairs.semi_hard_negatives`).
+    negative v-. The negatives K(i) are those of one augmentation view (footnote 8, appendix B.10): with two views
+    the N - 1 other images' rows of i's positive's view (s is cosine similarity), averaged so that their weight
+    relative to the positive term does not grow with the batch. With more `views` (multi-crop) the positive term is
+    the mean over the other `views` - 1 views P(i) of i's image, and each positive's negatives are the other images
+    of its view (`torchclr.loss.pairs.positive_view_negatives`): as every positive brings N - 1 of them, the mean over
+    positives of their means is the mean over the other images in every view but i's own, K(i) here.
+    `semi_hard`: one negative per row, the semi-hard one of Schroff et al. (the paper's table 4, two views, see
+    `torchclr.loss.pairs.semi_hard_negative`).
     """
 
     def __init__(self, temperature: float, semi_hard: bool = False, l2_normalize: bool = True, *, views: int = 2) -> None:
@@ -34,7 +38,11 @@ class NTLogisticLoss(nn.Module):
         logits = pairs.similarity / self.temperature
         positive = logits.gather(1, pairs.positive_index)
         # -log sigmoid(x) = softplus(-x) and -log sigmoid(-x) = softplus(x), without overflow.
-        negative = mean_over_negatives(F.softplus(logits), pairs, self.semi_hard)
+        negatives = other_view_negatives(pairs)
+        if self.semi_hard:
+            negative = at_semi_hard_negative(F.softplus(logits), pairs, negatives)
+        else:
+            negative = mean_over_negatives(F.softplus(logits), negatives)
         return (F.softplus(-positive).mean(dim=1) + negative).mean()
 
     def extra_repr(self) -> str:

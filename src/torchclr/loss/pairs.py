@@ -82,34 +82,59 @@ def pair_similarities(z: torch.Tensor, l2_normalize: bool = True, views: int = 2
     return Pairs(similarity=similarity, self_index=self_index, positive_index=positive_index)
 
 
-def mean_over_negatives(terms: torch.Tensor, pairs: Pairs, semi_hard: bool = False) -> torch.Tensor:
-    """Average per-pair terms over each anchor's negatives: all columns but itself and its positives, or with
-    `semi_hard` only those less similar to the anchor than its positive (s_ik < s_ij, as the paper's table 4).
+def positive_view_negatives(pairs: Pairs) -> torch.Tensor:
+    """Boolean [anchors, views - 1, columns]: for each anchor and each of its positives, the negatives of that triplet
+    taken from one augmentation view, the positive's: the other images' rows of the positive's view, N - 1 of them.
 
-    `terms` is [anchors, columns], or [anchors, positives, columns] for terms that depend on the positive too (one
-    row of them per positive); the mean is over the last dimension. Zeroes the other columns out of place: relu and
-    friends keep their output for the backward pass. A row with no negatives (a single image in the whole batch, or
-    no semi-hard one) averages nothing, taken as 0.
+    The paper's NT-Logistic and margin losses use "negatives from one augmentation view" (footnote 8, appendix B.10);
+    NT-Xent keeps all of them. With two views this is the other view's images, as the paper; with more (multi-crop)
+    each (anchor, positive) triplet keeps the paper's rule, its negatives in the view (and crop size) of its positive.
+    Every anchor row must be a row of the block (build_loss gives anchor views to NT-Xent only); every rank's block of
+    the gathered columns is view-major as this rank's rows are.
     """
-    excluded = torch.cat((pairs.self_index.unsqueeze(1), pairs.positive_index), dim=1)
-    per_positive = terms.ndim == 3
-    if not semi_hard:
-        index = excluded.unsqueeze(1).expand(-1, terms.shape[1], -1) if per_positive else excluded
-        terms = terms.scatter(-1, index, 0.0)
-        return terms.sum(dim=-1) / max(terms.shape[-1] - excluded.shape[1], 1)
-    kept = semi_hard_negatives(pairs)
-    kept = kept.unsqueeze(1) if per_positive else kept
-    return torch.where(kept, terms, 0.0).sum(dim=-1) / kept.sum(dim=-1).clamp(min=1)
+    rows, columns = pairs.similarity.shape
+    images = rows // (pairs.positive_index.shape[1] + 1)
+    column_view = torch.arange(columns, device=pairs.similarity.device) % rows // images
+    positive_view = column_view[pairs.positive_index]
+    same_view = positive_view.unsqueeze(2) == column_view
+    return same_view.scatter(2, pairs.positive_index.unsqueeze(2), False)
 
 
-def semi_hard_negatives(pairs: Pairs) -> torch.Tensor:
-    """Boolean [2n, 2N]: the negatives k of row i with s_ik < s_ij, i.e. easier than its positive j.
+def other_view_negatives(pairs: Pairs) -> torch.Tensor:
+    """Boolean [anchors, columns]: the union of `positive_view_negatives` over an anchor's positives, the other images'
+    rows in every view but the anchor's own (two views: the N - 1 other images of the other view)."""
+    return positive_view_negatives(pairs).any(dim=1)
 
-    The paper (section 5.1, table 4) mines these for NT-Logistic and the margin loss, after Schroff et al. (2015):
-    harder negatives (more similar than the positive) make those losses collapse. A selection, so no gradient flows
-    through it; under several processes it covers the negatives of every rank, as the similarities do. Defined for
-    two views (one positive); `build_loss` refuses it for more.
+
+def mean_over_negatives(terms: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Average per-pair terms over each row's `negatives` (boolean, the shape of `terms`: [anchors, columns], or
+    [anchors, positives, columns] for terms that depend on the positive too) along the last dimension; a row with no
+    negatives (a single image in the whole batch) gives 0.
+
+    Selects out of place: relu and friends keep their output for the backward pass."""
+    return torch.where(negatives, terms, 0.0).sum(dim=-1) / negatives.sum(dim=-1).clamp(min=1)
+
+
+def semi_hard_negative(pairs: Pairs, negatives: torch.Tensor) -> torch.Tensor:
+    """Column [anchors] of each row's semi-hard negative among `negatives` [anchors, columns]: the most similar one
+    that is still less similar than the row's positive (the closest negative farther than the positive); where there
+    is none, the least similar negative of all, as TensorFlow's `triplet_semihard_loss` chooses.
+
+    The paper (section 5.1, table 4) mines these for NT-Logistic and the margin loss after Schroff et al. (2015), one
+    negative per anchor. A selection, so no gradient flows through it; under several processes it covers the
+    negatives of every rank, as the similarities do. Defined for two views (one positive); `build_loss` refuses it
+    for more.
     """
-    positive = pairs.similarity.gather(1, pairs.positive_index)
-    kept = pairs.similarity.detach() < positive.detach()
-    return kept.scatter(1, pairs.self_index.unsqueeze(1), False)  # s_ii = 1 is never below s_ij, but rounding may say so
+    similarity = pairs.similarity.detach()
+    positive = similarity.gather(1, pairs.positive_index)
+    easier = negatives & (similarity < positive)
+    closest_easier = torch.where(easier, similarity, float("-inf")).argmax(dim=1)
+    least_similar = torch.where(negatives, similarity, float("inf")).argmin(dim=1)
+    return torch.where(easier.any(dim=1), closest_easier, least_similar)
+
+
+def at_semi_hard_negative(terms: torch.Tensor, pairs: Pairs, negatives: torch.Tensor) -> torch.Tensor:
+    """Per-pair terms [anchors, columns] read at each row's semi-hard negative; 0 for a row with no negatives at all
+    (a single image in the whole batch), as `mean_over_negatives` gives."""
+    chosen = terms.gather(1, semi_hard_negative(pairs, negatives).unsqueeze(1)).squeeze(1)
+    return torch.where(negatives.any(dim=1), chosen, 0.0)

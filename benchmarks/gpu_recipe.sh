@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The short GPU runs that choose the cifar10-gpu preset (docs/gpu.md), in one offline command that ends within 10
+# minutes on an H100 or H200: each cell is the preset with a few options changed, trained for RUN_SECONDS (default
+# 60, about 30 epochs at the measured 27k pairs/s) on all of CIFAR-10, then scored by kNN (k = 200) on the 10,000 test
+# images. Short runs favour fast-converging settings: the table ranks candidates, the 7-minute reproduction decides.
+# Decoded images are cached in $WORK/cache once for all cells (--cache-dir).
+#
+#   DATA=.data/cifar10-jpeg.zip bash benchmarks/gpu_recipe.sh     # writes $OUT/recipe.json and $OUT/recipe.md
+#   CELLS="base t0.2" DATA=... bash benchmarks/gpu_recipe.sh       # only these cells
+#   DEVICE=cpu SMOKE=1 bash benchmarks/gpu_recipe.sh               # two cells at toy size on a CPU
+set -uo pipefail
+cd "$(dirname "$0")/.."
+NAME=gpu_recipe
+source benchmarks/gpu_common.sh
+
+# cell name -> the options that differ from the preset (batch, lr and its scaling, temperature, colour strength)
+declare -A GRID=(
+    [base]=""                                             # the preset: batch 512, LARS lr 1.0 x B/256, tau 0.5, s 0.5
+    [t0.2]="--temperature 0.2"
+    [lr2]="--lr 2.0"
+    [b1024]="--batch-size 1024"
+    [b256]="--batch-size 256"
+    [sqrt]="--lr-scaling sqrt --lr 0.075"                  # the official ImageNet rule (lr 0.075 x sqrt(B))
+    [s1.0]="--jitter-strength 1.0"
+)
+ORDER=(base t0.2 lr2 b1024 b256 sqrt s1.0)
+
+if [ "$SMOKE" = 1 ]; then
+    DATA=${DATA:-sample}
+    CELLS=${CELLS:-base t0.2}
+    size=(--time-budget none --epochs 1 --warmup-epochs 0.5 --image-size 8 --batch-size 25 --precision fp32)
+else
+    CELLS=${CELLS:-${ORDER[*]}}
+    size=(--time-budget "${RUN_SECONDS:-60}s" --warmup-epochs "${WARMUP_EPOCHS:-3}")
+fi
+if check_data && smoke_subset; then
+    for cell in $CELLS; do
+        if [ -z "${GRID[$cell]+set}" ]; then
+            say "unknown cell $cell (known: ${ORDER[*]}): skipped"
+            continue
+        fi
+        if [ "$(seconds_left)" -le 30 ]; then
+            say "no time left for cell $cell before the deadline (DEADLINE_S=$DEADLINE_S): skipped"
+            continue
+        fi
+        start=$SECONDS first=${#steps[@]}
+        # shellcheck disable=SC2086  # the cell's options are a list
+        run_step "train-$cell" "$(seconds_left)" "$PYTHON" -m torchclr pretrain --config cifar10-gpu --data "$train_data" \
+            --out-dir "$WORK/$cell/run" --device "$DEVICE" --knn-every 0 --no-final-report --no-progress \
+            --cache-dir "$WORK/cache" "${size[@]}" ${GRID[$cell]}
+        elapsed=$((SECONDS - start))
+        if encoder=$("$PYTHON" "${HELPER[@]}" encoder "$WORK/$cell/run" 2>>"$LOG"); then
+            run_step "knn-$cell" "$(seconds_left)" "$PYTHON" -m torchclr evaluate --checkpoint "$encoder" --protocol knn \
+                --no-compare-random --device "$DEVICE" --json "$WORK/$cell/knn.json"
+        fi
+        "$PYTHON" "${HELPER[@]}" summary --run "$WORK/$cell/run" --work "$WORK/$cell" --out "$WORK/$cell" \
+            --data "$DATA" --train-seconds "$elapsed" --smoke "$SMOKE" --label "$cell ${GRID[$cell]}" \
+            --steps "${steps[@]:first}" >/dev/null
+    done
+fi
+"$PYTHON" "${HELPER[@]}" table --out "$OUT/recipe" --title "cifar10-gpu candidates (benchmarks/gpu_recipe.sh)" \
+    "$WORK"/*/summary.json 2>&1 | tee -a "$LOG"
+finish
