@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from torchclr.config import PretrainConfig
+from torchclr.data.pipeline import build_view_batches
+from torchclr.data.sources import open_images
 from torchclr.errors import UserError
-from torchclr.transforms import AugmentSpec, BatchAugment, view_transform
-from torchclr.transforms.ablation import cutout, gaussian_noise, rotate90, sobel
+from torchclr.transforms import AugmentSpec, BatchAugment
+from torchclr.transforms.ablation import AblationOps, cutout, gaussian_noise, rotate90, sobel
 from torchclr.transforms.batched import rgb_to_grayscale
 
 
@@ -69,48 +71,51 @@ def test_rotate90_matches_numpy() -> None:
         np.testing.assert_array_equal(got[i].numpy(), np.rot90(batch[i].numpy(), k, axes=(1, 2)))
 
 
-def crops_only(**options: float) -> AugmentSpec:
-    return AugmentSpec(image_size=16, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, **options)
+def crops_only() -> AugmentSpec:
+    return AugmentSpec(image_size=16, flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
 
 def uint8_batch() -> torch.Tensor:
     return torch.randint(0, 256, (16, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
 
 
-def two_views(spec: AugmentSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    return BatchAugment(spec).two_views(uint8_batch(), torch.Generator().manual_seed(3))
+def two_views(spec: AugmentSpec, **ops: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return BatchAugment(spec, ablation=AblationOps(**ops)).two_views(uint8_batch(), torch.Generator().manual_seed(3))
 
 
 def test_sobel_option_is_sobel_of_the_crops() -> None:
     crops, _ = two_views(crops_only())
-    edges, _ = two_views(crops_only(sobel_p=1.0))
+    edges, _ = two_views(crops_only(), sobel_p=1.0)
     torch.testing.assert_close(edges, sobel(rgb_to_grayscale(crops)).expand_as(crops))
 
 
 @pytest.mark.parametrize("option", ["cutout_p", "noise_p", "rotate_p"])
 def test_each_option_changes_every_view(option: str) -> None:
     crops, _ = two_views(crops_only())
-    changed, _ = two_views(crops_only(**{option: 1.0}))
+    changed, _ = two_views(crops_only(), **{option: 1.0})
     assert all(not torch.equal(a, b) for a, b in zip(changed, crops))
 
 
 def test_one_branch_leaves_the_second_view_a_plain_crop() -> None:
     """Figure 5's protocol: both views cropped (the same draws), only the first distorted."""
     plain_first, plain_second = two_views(crops_only())
-    spec = AugmentSpec(image_size=16, flip_p=0.0, jitter_p=1.0, grayscale_p=1.0, cutout_p=1.0, one_branch=True)
-    first, second = two_views(spec)
+    spec = AugmentSpec(image_size=16, flip_p=0.0, jitter_p=1.0, grayscale_p=1.0)
+    first, second = two_views(spec, cutout_p=1.0, one_branch=True)
     torch.testing.assert_close(second, plain_second, rtol=0, atol=0)
     assert all(not torch.equal(a, b) for a, b in zip(first, plain_first))
     assert torch.allclose(first[:, 0], first[:, 1])  # grayscale hit the first view
 
 
-def test_per_image_views_refuse_ablation_options() -> None:
-    with pytest.raises(UserError, match="batched"):
-        view_transform(crops_only(rotate_p=1.0))
+def test_per_image_views_refuse_ablation_ops(tiny_folder) -> None:  # noqa: ANN001 (a fixture)
+    config = PretrainConfig(data=str(tiny_folder), augment_mode="per-image", image_size=16, batch_size=8)
+    images = open_images(config.data, "train")
     with pytest.raises(UserError, match="--augment-mode batched"):
-        PretrainConfig(augment_mode="per-image", one_branch=True).validate()
+        build_view_batches(config, images, [(32, 32)], torch.device("cpu"), rank=0, world=1, ablation=AblationOps(one_branch=True))
 
 
-def test_ablation_probabilities_are_checked() -> None:
-    with pytest.raises(UserError, match="--noise-p"):
-        PretrainConfig(noise_p=1.5).validate()
+def test_ablation_ops_are_not_pretrain_options_and_are_checked() -> None:
+    assert not {"cutout_p", "sobel_p", "noise_p", "rotate_p", "one_branch"} & set(vars(PretrainConfig()))
+    with pytest.raises(UserError, match="noise_p"):
+        AblationOps(noise_p=1.5)
+    settings, ops = AblationOps.split({"lr": 0.1, "rotate_p": 1.0, "one_branch": True})
+    assert settings == {"lr": 0.1} and ops == AblationOps(rotate_p=1.0, one_branch=True)

@@ -230,8 +230,6 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"{option(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         check_augment(self, option)
-        if self.augment_mode == "per-image" and any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p, self.one_branch)):
-            raise UserError("--cutout-p, --sobel-p, --noise-p, --rotate-p and --one-branch need --augment-mode batched")
         self.grad_cache_request()
         if self.keep_best is not None and self.keep_best not in KEEP_BEST_HIGHER:
             raise UserError(f"{option('keep_best')} must name one of {', '.join(KEEP_BEST_HIGHER)}, got {self.keep_best!r}")
@@ -265,8 +263,6 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
             raise UserError(f"{given} needs --augment-mode batched (the per-image reference makes two views)")
         if self.resolution_schedule is not None:
             raise UserError(f"{given} cannot be combined with {option('resolution_schedule')}: both set the view sizes")
-        if self.one_branch:
-            raise UserError(f"{given} cannot be combined with {option('one_branch')}, which distorts one of two views")
         if self.multi_crop() is None:
             return
         if self.semi_hard:

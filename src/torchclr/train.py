@@ -46,6 +46,7 @@ from torchclr.progress import EpochMeter
 from torchclr.runlog import RunLog
 from torchclr.runtime import autocast_dtype, resolve_device, say, seed_everything, training_dtype, wrap_for_training
 from torchclr.step import StepContext, training_step
+from torchclr.transforms.ablation import AblationOps
 
 
 @dataclass
@@ -230,23 +231,24 @@ def train_one_epoch(job: Pretraining, position: Position, stop: StopSignals) -> 
     return meter
 
 
-def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Module | None = None) -> dict[str, Any]:
+def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Module | None = None, *,
+             ablation: AblationOps | None = None) -> dict[str, Any]:
     """Run (or continue) a pretraining; returns the last epoch's metrics and, with labelled data, the final report.
 
     `encoder`: the user's own module (images in [0, 1] -> features [B, d]) instead of `config.arch`; the run
-    records it as arch 'custom'. Under torchrun each process calls this; it joins the process group for the run
-    and leaves it at the end.
+    records it as arch 'custom'. `ablation`: the figure 5 study's extra view ops (`torchclr ablate`). Under
+    torchrun each process calls this; it joins the process group for the run and leaves it at the end.
     """
     if encoder is not None:
         config = dataclasses.replace(config, arch=CUSTOM_ARCH, cifar_stem=None)
     device = resolve_device(config.device, distributed.local_rank())
     with distributed.process_group(device, config.dist_timeout), StopSignals() as stop:
-        return _pretrain(config, resume, device, stop, encoder)
+        return _pretrain(config, resume, device, stop, encoder, ablation)
 
 
 def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,
-              encoder: nn.Module | None) -> dict[str, Any]:
-    job = build_pretraining(config, device, encoder)
+              encoder: nn.Module | None, ablation: AblationOps | None) -> dict[str, Any]:
+    job = build_pretraining(config, device, encoder, ablation)
     if resume:
         position = job.restore(resume)
     else:
@@ -279,7 +281,8 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     return record
 
 
-def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.Module | None) -> Pretraining:
+def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.Module | None,
+                      ablation: AblationOps | None = None) -> Pretraining:
     """Everything a run needs before its first step: data and views, the network, loss, optimiser, run length,
     the memory plan (gradient caching and evaluation batches) and the run folder."""
     rank, world = distributed.rank(), distributed.world_size()
@@ -294,7 +297,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
                          config.proj_dim, encoder)
     dtype = training_dtype(dtype, device, config)
     listed = len(images) + len(images.skipped)
-    batches = build_view_batches(config, images, sizes, device, rank=rank, world=world)
+    batches = build_view_batches(config, images, sizes, device, rank=rank, world=world, ablation=ablation)
     if images.skipped.entries and rank == 0:
         images.skipped.write_csv(run.dir / "skipped_files.csv")
         tqdm.write(f"torchclr: {images.skipped.summary(listed)}; list in {run.dir / 'skipped_files.csv'}", file=sys.stderr)

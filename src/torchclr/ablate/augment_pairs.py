@@ -2,7 +2,7 @@
 
 The paper's protocol: the targeted transformation(s) on one branch only, the other branch the identity. Here (as
 the issue asks, and since a 32 px view without a crop is the same image every time) both branches are always
-cropped, and the first alone gets the targeted ops (`--one-branch`), each with probability 1, in a fixed order
+cropped, and the first alone gets the targeted ops (`AblationOps.one_branch`), each with probability 1, in a fixed order
 (colour, grayscale, blur, cutout, Sobel, noise, rotation): the grid is symmetric.
 """
 

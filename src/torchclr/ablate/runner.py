@@ -206,17 +206,19 @@ def run_cell(cell: Cell, seed: int, budget: Budget, subset: Path, work: Path, de
     from torchclr.config import PretrainConfig
     from torchclr.guard import DivergedError
     from torchclr import pretrain
+    from torchclr.transforms.ablation import AblationOps
 
-    settings = {**BASE_SETTINGS, "data": str(subset / "train"), "image_size": budget.image_size,
-                "cifar_stem": budget.cifar_stem, "epochs": budget.epochs, "batch_size": budget.batch_size,
-                **cell.settings, "seed": seed, "device": device, "out_dir": str(work)}
+    settings, ablation = AblationOps.split(
+        {**BASE_SETTINGS, "data": str(subset / "train"), "image_size": budget.image_size, "cifar_stem": budget.cifar_stem,
+         "epochs": budget.epochs, "batch_size": budget.batch_size, **cell.settings, "seed": seed, "device": device,
+         "out_dir": str(work)})
     config = PretrainConfig(**settings)
     config.validate()
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted cell left behind
     start = time.perf_counter()
     result: dict[str, Any] = {"cell": cell.name, "seed": seed, "settings": cell.settings}
     try:
-        pretrain(config)
+        pretrain(config, ablation=ablation)
         result.update(evaluate_cell(work / "encoder.safetensors", subset, device, cell.evaluate_z))
     except DivergedError as err:
         result["diverged"] = str(err)

@@ -19,6 +19,7 @@ from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
 from torchclr.runtime import say
 from torchclr.transforms import BatchAugment, StagedAugment
+from torchclr.transforms.ablation import AblationOps
 from torchclr.transforms.batched import MultiCropAugment
 
 
@@ -40,14 +41,17 @@ def with_image_size(config: Any, sizes: list[tuple[int, int]]) -> Any:
     return dataclasses.replace(config, image_size=size)
 
 
-def batch_augment(config: Any) -> BatchAugment | StagedAugment | MultiCropAugment:
-    """The batched augmentation of a run: two views, one pair per resolution stage, or the multi-crop groups."""
+def batch_augment(config: Any, ablation: AblationOps | None = None) -> BatchAugment | StagedAugment | MultiCropAugment:
+    """The batched augmentation of a run: two views, one pair per resolution stage, or the multi-crop groups;
+    `ablation`: figure 5's extra ops (`torchclr ablate`), for two views only."""
     spec, schedule, views = config.augment_spec(), config.resolution(), config.multi_crop()
     if views is not None:
+        if ablation:
+            raise UserError(f"--views {config.views}: the figure 5 ablation's ops apply to two views only")
         return MultiCropAugment(spec, views)
     if schedule is None:
-        return BatchAugment(spec)
-    return StagedAugment(schedule.stage_specs(spec), schedule.stage_at)
+        return BatchAugment(spec, ablation=ablation)
+    return StagedAugment(schedule.stage_specs(spec), schedule.stage_at, ablation=ablation)
 
 
 def stored_side(config: Any) -> int:
@@ -69,11 +73,13 @@ def _per_process_batch(config: Any, images: ImageSet, world: int) -> int:
 
 
 def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int]], device: torch.device, *,
-                       rank: int, world: int) -> ViewBatches:
+                       rank: int, world: int, ablation: AblationOps | None = None) -> ViewBatches:
     """Per image in workers (--augment-mode per-image), or batched from memory or streamed, as --data-mode says
-    or the data fit. `config.image_size` must be set (`with_image_size`)."""
+    or the data fit. `config.image_size` must be set (`with_image_size`); `ablation`: see `batch_augment`."""
     per_process = _per_process_batch(config, images, world)
     spec = config.augment_spec()
+    if config.augment_mode == "per-image" and ablation:
+        raise UserError("the figure 5 ablation's ops (cutout, Sobel, noise, rotation, one branch) need --augment-mode batched")
     if config.augment_mode == "per-image":
         say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
         return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
@@ -83,7 +89,7 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     stored = stored_side(config)
     plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
     say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
-    augment = batch_augment(config)
+    augment = batch_augment(config, ablation)
     if config.resolution() is not None:
         say(config.resolution().describe())
     if plan.mode != "stream":

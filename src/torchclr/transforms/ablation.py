@@ -1,22 +1,55 @@
 """The extra transforms of the paper's figure 5 ablation (cutout, Sobel, Gaussian noise, rotation), batched.
 
-SimCLR's own view family does not use them; `torchclr ablate augment-pairs` switches them on (AugmentSpec's
-cutout_p, sobel_p, noise_p, rotate_p) to re-check that no single transform suffices. Each op takes float images
-[N,3,H,W] in [0,1] and its per-image parameters, and runs over the whole batch at once, as the ops of
-`torchclr.transforms.batched` do.
+SimCLR's own view family does not use them, and `torchclr pretrain` has no option for them: `torchclr ablate
+augment-pairs` hands an `AblationOps` to the batched augmentation (through `pretrain(..., ablation=...)`) to
+re-check that no single transform suffices. Each op takes float images [N,3,H,W] in [0,1] and its per-image
+parameters, and runs over the whole batch at once, as the ops of `torchclr.transforms.batched` do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torchclr.errors import UserError
+
 CUTOUT_SIDE = (0.25, 0.5)  # side of the square, as a fraction of the view's side (DeVries & Taylor 2017 use one square)
 NOISE_STD = (0.0, 0.1)  # standard deviation of the additive noise, on the [0, 1] pixel scale
 _SOBEL_MAX = 4 * math.sqrt(2)  # the largest gradient magnitude a [0, 1] image can reach: maps the result into [0, 1]
+
+
+@dataclass(frozen=True)
+class AblationOps:
+    """Figure 5's view ops: each with its probability per view, drawn after SimCLR's own distortions (before
+    solarize); `one_branch`: of two views only the first is distorted, the second is the crop alone."""
+
+    cutout_p: float = 0.0
+    sobel_p: float = 0.0
+    noise_p: float = 0.0
+    rotate_p: float = 0.0
+    one_branch: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("cutout_p", "sobel_p", "noise_p", "rotate_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"ablation op {name} must be a probability in [0, 1], got {value}")
+
+    def __bool__(self) -> bool:
+        return self.one_branch or any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p))
+
+    @classmethod
+    def split(cls, settings: dict[str, Any]) -> tuple[dict[str, Any], "AblationOps"]:
+        """(the settings that are pretrain options, the ablation ops among them): a study's cells name both alike."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return ({k: v for k, v in settings.items() if k not in names},
+                cls(**{k: v for k, v in settings.items() if k in names}))
 
 
 def cutout(images: Tensor, sides: Tensor, centres: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from torchclr.transforms.ablation import CUTOUT_SIDE, NOISE_STD, cutout, gaussian_noise, rotate90, sobel
+from torchclr.transforms.ablation import CUTOUT_SIDE, NOISE_STD, AblationOps, cutout, gaussian_noise, rotate90, sobel
 from torchclr.transforms.multicrop import MultiCrop
 from torchclr.transforms.spec import AugmentSpec
 
@@ -233,9 +233,9 @@ class BatchAugment(nn.Module):
     None, is masks on a GPU and selection elsewhere. Both draw the same random numbers and give the same views.
     """
 
-    def __init__(self, spec: AugmentSpec, sync_free: bool | None = None) -> None:
+    def __init__(self, spec: AugmentSpec, sync_free: bool | None = None, *, ablation: AblationOps | None = None) -> None:
         super().__init__()
-        self.spec, self.sync_free = spec, sync_free
+        self.spec, self.sync_free, self.ablation = spec, sync_free, ablation or AblationOps()
         amplitudes = dict(zip(("brightness", "contrast", "saturation"), spec.jitter[:3]))
         # (op, the factor range, the factor that leaves an image as it is)
         self._jitter_ops: list[tuple[str, float, float, float]] = [
@@ -271,14 +271,14 @@ class BatchAugment(nn.Module):
 
     def _augment(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
         out = self._crop(images, views, generator, sizes)
-        if self.spec.one_branch and views == 2:  # figure 5's protocol: the second view is the crop alone
+        if self.ablation.one_branch and views == 2:  # figure 5's protocol: the second view is the crop alone
             first, second = out.chunk(2)
             return torch.cat((self._distort(first, generator), second))
         return self._distort(out, generator)
 
     def _distort(self, out: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Everything after the crop, each op drawn per image, in the paper's order; then the ablation-only ops."""
-        spec = self.spec
+        """Everything after the crop, each op drawn per image, in the paper's order, the ablation's ops before solarize."""
+        spec, extra = self.spec, self.ablation
         count = len(out)
         masked = self.sync_free if self.sync_free is not None else out.device.type == "cuda"
         apply_where = partial(_apply_where, masked=masked)
@@ -301,18 +301,18 @@ class BatchAugment(nn.Module):
         if spec.effective_blur_p > 0:
             blur = partial(gaussian_blur, kernel_size=spec.blur_kernel_size)
             out = apply_where(out, drawn(spec.effective_blur_p), blur, uniform(*spec.blur_sigma))
-        if spec.cutout_p > 0:
+        if extra.cutout_p > 0:
             side = out.shape[-1]
             sides, centres = uniform(*CUTOUT_SIDE).mul_(side), out.new_empty(count, 2).uniform_(0, side, generator=generator)
-            out = apply_where(out, drawn(spec.cutout_p), cutout, sides, centres)
-        if spec.sobel_p > 0:
-            out = apply_where(out, drawn(spec.sobel_p), _sobel_rgb)
-        if spec.noise_p > 0:
+            out = apply_where(out, drawn(extra.cutout_p), cutout, sides, centres)
+        if extra.sobel_p > 0:
+            out = apply_where(out, drawn(extra.sobel_p), _sobel_rgb)
+        if extra.noise_p > 0:
             noise = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=generator)
-            out = apply_where(out, drawn(spec.noise_p), gaussian_noise, uniform(*NOISE_STD), noise)
-        if spec.rotate_p > 0:
+            out = apply_where(out, drawn(extra.noise_p), gaussian_noise, uniform(*NOISE_STD), noise)
+        if extra.rotate_p > 0:
             turns = torch.randint(1, 4, (count,), device=out.device, generator=generator)
-            out = apply_where(out, drawn(spec.rotate_p), rotate90, turns)
+            out = apply_where(out, drawn(extra.rotate_p), rotate90, turns)
         if spec.solarize_p > 0:
             out = apply_where(out, drawn(spec.solarize_p), partial(solarize, threshold=spec.solarize_threshold))
         return out
@@ -376,9 +376,10 @@ class StagedAugment(nn.Module):
     stage, once reached, is kept: a --time-budget run that re-plans a longer run does not go back to smaller views.
     """
 
-    def __init__(self, specs: list[AugmentSpec], stage_at: Callable[[int, int], int]) -> None:
+    def __init__(self, specs: list[AugmentSpec], stage_at: Callable[[int, int], int], *,
+                 ablation: AblationOps | None = None) -> None:
         super().__init__()
-        self.stages = nn.ModuleList(BatchAugment(spec) for spec in specs)
+        self.stages = nn.ModuleList(BatchAugment(spec, ablation=ablation) for spec in specs)
         self.stage_at, self.current = stage_at, 0
 
     def set_step(self, step: int, total_steps: int | None) -> None:

@@ -16,8 +16,9 @@ def _opt(default: Any, help: str) -> Any:
 class AugmentSpec:
     """One random view = crop+resize, flip, colour distortion, grayscale, blur, solarize (paper, appendix A).
 
-    Probabilities of 0 switch an op off; the ablations of the paper's figure 5 re-weight them. The fields with a
-    help text are also `torchclr pretrain`'s augmentation options (`torchclr.config` declares none of its own).
+    Probabilities of 0 switch an op off; the ablations of the paper's figure 5 re-weight them (and add their own
+    ops, `torchclr.transforms.ablation`). The fields with a help text are also `torchclr pretrain`'s augmentation
+    options (`torchclr.config` declares none of its own).
     """
 
     image_size: int = 32
@@ -32,20 +33,9 @@ class AugmentSpec:
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
     solarize_p: float = _opt(0.0, "probability of solarization")
     solarize_threshold: float = 0.5
-    # Only for the figure 5 ablation (`torchclr ablate augment-pairs`; batched views only, see transforms.ablation)
-    cutout_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of cutout, one zeroed square")
-    sobel_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of replacing a view by its Sobel edges")
-    noise_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of additive Gaussian noise")
-    rotate_p: float = _opt(0.0, "ablation only (figure 5, batched views): probability of a rotation by 90, 180 or 270 degrees")
-    one_branch: bool = _opt(False, "ablation only (figure 5, batched views): distort the first view only, the second is the crop alone")
 
     def __post_init__(self) -> None:
         check_augment(self, lambda name: f"augment.{name}")
-
-    @property
-    def ablation_only(self) -> bool:
-        """Whether an option that only the batched views implement is on."""
-        return self.one_branch or any((self.cutout_p, self.sobel_p, self.noise_p, self.rotate_p))
 
     @property
     def effective_blur_p(self) -> float:
@@ -72,7 +62,7 @@ def check_augment(values: Any, option: Callable[[str], str]) -> None:
     error naming the setting as `option(field name)` says: `augment.crop_scale` here, `--crop-scale` for a user."""
     if values.image_size is not None and values.image_size < 8:
         raise UserError(f"{option('image_size')} must be at least 8 pixels, got {values.image_size}")
-    for name in ("flip_p", "jitter_p", "grayscale_p", "solarize_p", "cutout_p", "sobel_p", "noise_p", "rotate_p"):
+    for name in ("flip_p", "jitter_p", "grayscale_p", "solarize_p"):
         _check_probability(option(name), getattr(values, name))
     if values.blur_p is not None:
         _check_probability(option("blur_p"), values.blur_p)

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from torchclr.errors import UserError
 from torchclr.transforms.spec import AugmentSpec
 
 
@@ -19,8 +18,6 @@ def view_transform(spec: AugmentSpec) -> v2.Compose:
     do not round to uint8 between steps and the solarize threshold is on the [0,1] scale.
     Ops whose probability is 0 are left out so that they cost nothing.
     """
-    if spec.ablation_only:
-        raise UserError("cutout, sobel, noise, rotate and one-branch views (the figure 5 ablation) need --augment-mode batched")
     size = spec.image_size
     steps: list[Callable[[Any], Any]] = [v2.ToImage()]
     if spec.crop:
