@@ -14,15 +14,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.errors import UserError
+from torchclr.evaluate.features import DecodedCentreViews, batch_features
 from torchclr.pretrained import load_encoder, load_head
 
 FORMATS = (".npy", ".parquet")
@@ -42,22 +43,6 @@ class Embeddings:
     @property
     def labelled(self) -> bool:
         return bool(self.labels) and min(self.labels) >= 0
-
-
-class _CentreViews(Dataset):
-    """(centre view, whether the file decoded) per image; a broken file gives a blank view, skipped at the end."""
-
-    def __init__(self, images: ImageSet, transform: Callable[[Any], torch.Tensor], size: int) -> None:
-        self.images, self.transform, self.size = images, transform, size
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
-        try:
-            return self.transform(self.images.image(index)), True
-        except UserError:
-            return torch.zeros(3, self.size, self.size), False
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path]:
@@ -97,7 +82,7 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
         raise UserError(f"--batch-size must be > 0, got {batch_size}")
     target = resolve_device(device)
     dtype = autocast_dtype(precision, target)
-    encoder, transform, info = load_encoder(checkpoint)
+    encoder, _, info = load_encoder(checkpoint)
     network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if projection else encoder
     network = network.to(target)
     dim = info["model"]["proj_dim"] if projection and info["model"]["head"] != "none" else encoder.feature_dim
@@ -108,14 +93,12 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
             "fingerprint": images.fingerprint or f"{images.origin}:{len(images)}", "image_size": size, "precision": precision}
 
     work, mask, done = _open_work(out_path, meta)
-    loader = DataLoader(_CentreViews(images, transform, size), batch_size=batch_size, sampler=range(done, len(images)),
+    loader = DataLoader(DecodedCentreViews(images, size), batch_size=batch_size, sampler=range(done, len(images)),
                         num_workers=default_workers() if workers is None else workers,
                         pin_memory=target.type == "cuda")
     bar = tqdm(total=len(images), initial=done, desc="embed", unit="img", disable=not progress, dynamic_ncols=True)
     for views, ok in loader:
-        with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            vectors = network(views.to(target, non_blocking=True))
-        work[done : done + len(views)] = vectors.float().cpu().numpy()
+        work[done : done + len(views)] = batch_features(network, views, target, dtype).numpy()
         mask[done : done + len(views)] = ok.numpy()
         done += len(views)
         work.flush()

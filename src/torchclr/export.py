@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchclr.data.cache import stored_side
 from torchclr.errors import UserError
 from torchclr.models.encoders import Encoder, is_resnet_arch
 from torchclr.pretrained import load_encoder
+from torchclr.transforms.centre import stored_side
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "torchvision": ".pth"}
 OPSET = 17

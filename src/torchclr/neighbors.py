@@ -89,6 +89,7 @@ def label_agreement(neighbours: Neighbours, query_labels: np.ndarray, bank_label
 def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embeddings) -> np.ndarray:
     """The vector [1, d] of one image file, made as `embed` made the bank; a checkpoint that cannot have made
     the bank (another model, another size, h instead of z) is refused before any work."""
+    from torchclr.evaluate.features import batch_features
     from torchclr.pretrained import load_encoder, load_head
 
     encoder, transform, info = load_encoder(checkpoint)
@@ -99,11 +100,8 @@ def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embe
     path = Path(path)
     if not path.is_file():
         raise UserError(f"query image {path} does not exist")
-    image = transform(decode_image(path.read_bytes(), str(path)))
-    with torch.no_grad():
-        vector = encoder(image[None])
-        if made_by["what"] == "z":
-            vector = load_head(checkpoint, encoder)(vector)
+    network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if made_by["what"] == "z" else encoder
+    vector = batch_features(network, transform(decode_image(path.read_bytes(), str(path)))[None], torch.device("cpu"), None)
     if vector.shape[1] != embeddings.vectors.shape[1]:
         raise UserError(f"embeddings {embeddings.path} hold {embeddings.vectors.shape[1]}-d vectors but checkpoint "
                         f"{checkpoint} gives {vector.shape[1]}-d {made_by['what']}")

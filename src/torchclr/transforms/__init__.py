@@ -11,9 +11,10 @@ from typing import Any
 
 from torchclr.transforms.spec import AugmentSpec
 
-_LAZY = {"BatchAugment": "batched", "TwoViews": "views", "eval_transform": "views", "view_transform": "views"}
+_LAZY = {"BatchAugment": "batched", "CentreView": "centre", "TwoViews": "views", "eval_transform": "centre",
+         "view_transform": "views"}
 
-__all__ = ["AugmentSpec", "BatchAugment", "TwoViews", "eval_transform", "view_transform"]
+__all__ = ["AugmentSpec", "BatchAugment", "CentreView", "TwoViews", "eval_transform", "view_transform"]
 
 
 def __getattr__(name: str) -> Any:
