@@ -37,6 +37,7 @@ from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
+from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.monitor import final_report, knn_every, open_labelled_eval
 from torchclr.gradcache import grad_cache_backward
 from torchclr.guard import DivergedError, FiniteGuard
@@ -360,7 +361,8 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     loss_fn = build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize)
     ctx = StepContext(forward_model, loss_fn, optimizer, scheduler, scaler, device, dtype, config.channels_last)
     plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
-                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0)
+                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0,
+                                   infer=extract_features)
     ctx.grad_cache_chunk = plan.chunk
     if labelled is not None:
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
