@@ -40,7 +40,8 @@ def test_report_of_a_labelled_run(trained_run: Path) -> None:  # noqa: F811
 def test_preview_views_are_those_of_the_first_training_step(tiny_folder: Path) -> None:
     config = PretrainConfig(data=str(tiny_folder), batch_size=16, seed=5, image_size=32)
     originals, one, two = first_batch_views(config, pairs=8)
-    training = BatchedViews(open_images(config.data, "train"), config.augment_spec(), 16, torch.device("cpu"), config.seed)
+    training = BatchedViews(open_images(config.data, "train"), config.augment_spec(), batch_size=16, device=torch.device("cpu"),
+                            seed=config.seed)
     first, second = next(training.epoch(0))
     assert torch.equal(one, first[:8]) and torch.equal(two, second[:8])
     assert originals.shape == (8, 3, 32, 32) and originals.dtype == torch.uint8

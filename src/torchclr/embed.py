@@ -68,7 +68,7 @@ def _checkpoint_identity(path: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "train", projection: bool = False,
+def embed(checkpoint: str | Path, data: str, out: str | Path, *, split: str = "train", projection: bool = False,
           batch_size: int = 256, workers: int | None = None, device: str = "auto", precision: str = "fp32",
           download: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write h (or z = g(h) with `projection`) of every image of `data` to `out`; returns the sidecar's content."""

@@ -33,7 +33,7 @@ class Neighbours:
     similarities: np.ndarray
 
 
-def nearest(bank: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int, backend: str = "torch",
+def nearest(bank: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int, *, backend: str = "torch",
             device: torch.device | str = "cpu", exclude: np.ndarray | None = None, chunk: int = 4096) -> Neighbours:
     """Exact k nearest by cosine similarity; `exclude[i]` is a bank row query i may not return (itself), or -1."""
     if backend not in BACKENDS:
@@ -162,7 +162,7 @@ def grid_rows(neighbours: Neighbours, bank: Embeddings, queries: list[tuple[torc
     return rows
 
 
-def search(embeddings: str | Path, k: int, query: str | None = None, index: int | None = None,
+def search(embeddings: str | Path, k: int, *, query: str | None = None, index: int | None = None,
            query_embeddings: str | Path | None = None, checkpoint: str | Path | None = None, backend: str = "torch",
            device: str = "auto", out: str | Path | None = None, grid: str | Path | None = None) -> str:
     """What `torchclr neighbors` does: one kind of query against `embeddings`; returns the text to show."""
@@ -185,7 +185,7 @@ def search(embeddings: str | Path, k: int, query: str | None = None, index: int 
         vectors, names = embed_query_image(query, checkpoint or bank.meta["checkpoint"], bank), [query]
     else:
         raise UserError("give one of --query, --index or --query-embeddings")
-    found = nearest(bank.vectors, vectors, k, backend, resolve_device(device), exclude)
+    found = nearest(bank.vectors, vectors, k, backend=backend, device=resolve_device(device), exclude=exclude)
     if query_embeddings is not None:
         lines = [f"{len(names):,} queries of {query_embeddings} against {len(bank.names):,} vectors of {embeddings}, k = {k}"]
         if queries.labelled and bank.labelled and queries.classes == bank.classes:

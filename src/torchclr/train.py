@@ -233,7 +233,8 @@ def _view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[in
     batches: ViewBatches
     if config.augment_mode == "per-image":
         _say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
-        batches = PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
+        batches = PerImageViews(images, spec, batch_size=per_process, device=device, seed=config.seed, rank=rank,
+                                world=world, workers=config.workers)
     else:
         stored = config.stored_size or default_stored_size(spec.image_size, spec.crop_scale)
         plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
@@ -241,10 +242,12 @@ def _view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[in
         if plan.mode == "stream":
             on_device = config.decode == "device" or (config.decode == "auto" and device.type == "cuda")
             _say(f"data: JPEGs decoded {f'on {device} in batches' if on_device else 'in DataLoader workers'} (--decode {config.decode})")
-            batches = StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers,
-                                    on_device)
+            batches = StreamedViews(images, spec, batch_size=per_process, device=device, seed=config.seed,
+                                    stored_side=stored, rank=rank, world=world, workers=config.workers,
+                                    jpegs_on_device=on_device)
         else:
-            batches = BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored)
+            batches = BatchedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, rank=rank,
+                                   world=world, cache_dir=config.cache_dir, stored_size=stored)
     if images.skipped.entries and rank == 0:
         images.skipped.write_csv(run.dir / "skipped_files.csv")
         tqdm.write(f"torchclr: {images.skipped.summary(listed)}; list in {run.dir / 'skipped_files.csv'}", file=sys.stderr)

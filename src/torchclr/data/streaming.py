@@ -85,7 +85,7 @@ class StreamedViews:
     """Pairs of views from images decoded batch by batch in persistent DataLoader workers (or, with
     `jpegs_on_device`, read there and decoded on the training device); one shard per rank."""
 
-    def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device, seed: int,
+    def __init__(self, images: ImageSet, spec: AugmentSpec, *, batch_size: int, device: torch.device, seed: int,
                  stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None,
                  jpegs_on_device: bool = False) -> None:
         workers = default_workers() if workers is None else workers
