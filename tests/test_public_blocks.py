@@ -27,7 +27,7 @@ def test_the_paper_blocks_load_from_the_top_level_and_work_together() -> None:
     loss.backward()
     optimizer.step()
     assert math.isfinite(loss.item()) and warmup_cosine(0, 10, 2) == 0.5 and warmup_cosine(10, 10, 2) == 0.0
-    assert set(("NTXentLoss", "LARS", "projection_head", "view_transform", "warmup_cosine")) <= set(torchclr.__all__)
+    assert {"NTXentLoss", "LARS", "projection_head", "view_transform", "warmup_cosine"} <= set(torchclr.__all__)
 
 
 @pytest.mark.parametrize(("function", "positional"), [
