@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from torchclr import memory
+from torchclr.evaluate.features import extract_features
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr
 from torchclr.optim import build_optimizer, scaled_lr
@@ -48,7 +49,7 @@ def step_context(arch: str, image_size: int, batch: int, chunk: int | None) -> t
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     ctx, model = step_context(args.arch, args.image_size, args.batch, None)
     start = time.perf_counter()
-    result = memory.plan_pretraining(ctx, training_step, model, args.batch, args.image_size, "auto")
+    result = memory.plan_pretraining(ctx, training_step, model, args.batch, args.image_size, "auto", infer=extract_features)
     return {"chunk": result.chunk, "estimate": result.needed(result.chunk), "free": result.free,
             "plan_s": time.perf_counter() - start}
 

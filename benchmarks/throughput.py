@@ -69,7 +69,7 @@ class Torchclr:
     def __init__(self, name: str, config: PretrainConfig, images: ImageSet, device: torch.device) -> None:
         self.name, self.precision = name, config.precision
         start = time.perf_counter()
-        self.views = BatchedViews(images, config.augment_spec(), config.batch_size, device, config.seed)
+        self.views = BatchedViews(images, config.augment_spec(), batch_size=config.batch_size, device=device, seed=config.seed)
         self.decode_seconds = time.perf_counter() - start
         model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim)
         model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)

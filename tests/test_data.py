@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from conftest import CLASSES, write_image_folder, zip_folder
-from torchclr.data.cache import materialize, square
+from torchclr.data.cache import materialize
 from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import has_split, open_images
 from torchclr.errors import UserError
+from torchclr.transforms.centre import square
 
 
 def test_folder_with_class_subfolders_is_labelled(tiny_folder: Path) -> None:

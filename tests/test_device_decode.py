@@ -77,7 +77,8 @@ def test_a_batch_with_a_broken_jpeg_keeps_its_good_ones(mixed_folder: Path) -> N
 def test_streamed_views_decoding_on_the_device_match_the_workers(mixed_folder: Path) -> None:
     images = open_images(str(mixed_folder), "train")
     spec = AugmentSpec(image_size=16, blur_p=0.0)
-    runs = [list(StreamedViews(images, spec, 3, torch.device("cpu"), 0, SIDE, workers=1, jpegs_on_device=flag).epoch(0))
+    runs = [list(StreamedViews(images, spec, batch_size=3, device=torch.device("cpu"), seed=0, stored_side=SIDE, workers=1,
+                               jpegs_on_device=flag).epoch(0))
             for flag in (False, True)]
     assert len(runs[0]) == len(runs[1]) == len(images) // 3
     for (first, second), (first_d, second_d) in zip(*runs):

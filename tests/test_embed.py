@@ -50,21 +50,21 @@ def test_embed_writes_h_of_each_file_with_its_name_and_label(embedded: Path, tra
 
 def test_parquet_holds_the_same_as_npy(embedded: Path, trained_run: Path, tiny_folder: Path, tmp_path: Path) -> None:  # noqa: F811
     pytest.importorskip("pyarrow")
-    embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "test.parquet", "test", progress=False, workers=0)
+    embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "test.parquet", split="test", progress=False, workers=0)
     npy, parquet = load_embeddings(embedded / "test.npy"), load_embeddings(tmp_path / "test.parquet")
     np.testing.assert_allclose(parquet.vectors, npy.vectors, atol=1e-6)
     assert parquet.names == npy.names and parquet.labels == npy.labels
 
 
 def test_projection_writes_z(trained_run: Path, tiny_folder: Path, tmp_path: Path) -> None:  # noqa: F811
-    meta = embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "z.npy", "test", projection=True,
+    meta = embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "z.npy", split="test", projection=True,
                  progress=False, workers=0)
     assert meta["what"] == "z" and load_embeddings(tmp_path / "z.npy").vectors.shape == (16, 128)
 
 
 def test_an_interrupted_embed_resumes_where_it_stopped(trained_run: Path, tiny_folder: Path, tmp_path: Path,  # noqa: F811
                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    whole = embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "whole.npy", "train", batch_size=8,
+    whole = embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "whole.npy", split="train", batch_size=8,
                   progress=False, workers=0)
     real_write = embed_work.write_json
     writes = []
@@ -77,10 +77,10 @@ def test_an_interrupted_embed_resumes_where_it_stopped(trained_run: Path, tiny_f
 
     monkeypatch.setattr(embed_work, "write_json", stop_after_three_batches)
     with pytest.raises(KeyboardInterrupt):
-        embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "cut.npy", "train", batch_size=8, progress=False, workers=0)
+        embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "cut.npy", split="train", batch_size=8, progress=False, workers=0)
     assert not (tmp_path / "cut.npy").exists()
     writes.clear()
-    embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "cut.npy", "train", batch_size=8, progress=False, workers=0)
+    embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "cut.npy", split="train", batch_size=8, progress=False, workers=0)
     assert "resuming" in capsys.readouterr().out and writes[0] == 32  # the first batch written is the fourth one
     np.testing.assert_array_equal(np.load(tmp_path / "cut.npy"), np.load(tmp_path / "whole.npy"))
     assert whole["count"] == 64 and not list(tmp_path.glob("*.partial*"))

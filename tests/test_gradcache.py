@@ -10,6 +10,7 @@ from torch import nn
 
 from torchclr.config import PretrainConfig
 from torchclr.errors import UserError
+from torchclr.evaluate.features import extract_features
 from torchclr.gradcache import chunk_layout, grad_cache_backward
 from torchclr.loss import LOSS_NAMES, build_loss
 
@@ -144,7 +145,7 @@ def test_the_automatic_chunk_gives_the_unchunked_loss_and_gradients(monkeypatch:
     monkeypatch.setattr(memory, "free_memory", lambda device: int(170 * mib / memory.HEADROOM) + 1)
     monkeypatch.setattr(memory, "MIN_CHUNK", 2)
     automatic, plain = context(), context()
-    plan = memory.plan_pretraining(automatic, training_step, automatic.model, 16, 8, "auto")
+    plan = memory.plan_pretraining(automatic, training_step, automatic.model, 16, 8, "auto", infer=extract_features)
     assert plan.chunk == 6 and "gradient caching in chunks of 6" in plan.describe()
     automatic.grad_cache_chunk = plan.chunk
 

@@ -21,6 +21,7 @@ from torchclr.data.plan import sample_sizes
 from torchclr.data.sources import open_images
 from torchclr.data.streaming import StreamedViews
 from torchclr.errors import UserError
+from torchclr.evaluate.features import extract_features
 from torchclr.loss import build_loss
 from torchclr.report.build import first_batch_views
 from torchclr.step import StepContext, training_step
@@ -109,8 +110,10 @@ def test_small_crops_cover_less_of_the_image() -> None:
 def test_in_memory_and_streamed_views_are_the_same(tiny_folder: Path) -> None:
     images = open_images(str(tiny_folder), "train")
     spec, views = AugmentSpec(image_size=32), MultiCrop.parse("2x32,4x16", (0.08, 1.0))
-    held = BatchedViews(images, spec, 16, torch.device("cpu"), 3, stored_size=32, augment=MultiCropAugment(spec, views))
-    streamed = StreamedViews(images, spec, 16, torch.device("cpu"), 3, 32, workers=0, augment=MultiCropAugment(spec, views))
+    held = BatchedViews(images, spec, batch_size=16, device=torch.device("cpu"), seed=3, stored_size=32,
+                        augment=MultiCropAugment(spec, views))
+    streamed = StreamedViews(images, spec, batch_size=16, device=torch.device("cpu"), seed=3, stored_side=32, workers=0,
+                             augment=MultiCropAugment(spec, views))
     for from_memory, from_stream in zip(held.epoch(0), streamed.epoch(0)):
         assert [tuple(t.shape) for t in from_memory] == [(32, 3, 32, 32), (64, 3, 16, 16)]
         assert all(torch.equal(a, b) for a, b in zip(from_memory, from_stream))
@@ -167,9 +170,9 @@ def test_memory_plan_counts_every_view_and_refuses_caching_them(monkeypatch: pyt
     monkeypatch.setattr(memory, "embedding_dim", lambda model: 8)
     monkeypatch.setattr(memory, "measure_inference", lambda *_: memory.LinearCost(0, 1.0))
     monkeypatch.setattr(memory.PeakMeter, "available", staticmethod(lambda device: True))
-    assert memory.plan_pretraining(ctx, training_step, ctx.model, 16, 16, "auto").chunk is not None  # two views: chunks
+    assert memory.plan_pretraining(ctx, training_step, ctx.model, 16, 16, "auto", infer=extract_features).chunk is not None  # two views: chunks
     with pytest.raises(UserError, match=r"^batch 16 per process with --views \(6 views per image\) needs .* lower --batch-size"):
-        memory.plan_pretraining(ctx, training_step, ctx.model, 16, 16, "auto", views=views)
+        memory.plan_pretraining(ctx, training_step, ctx.model, 16, 16, "auto", views=views, infer=extract_features)
 
 
 def test_preview_shows_every_view_of_the_first_training_step(tiny_folder: Path) -> None:

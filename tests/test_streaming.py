@@ -172,8 +172,8 @@ def test_an_image_of_zero_pixels_is_skipped_and_counted(tmp_path: Path, capsys: 
     for i in range(8):
         (folder / f"{i}.jpg").write_bytes(_jpeg(50, 40, i))
     (folder / "3.jpg").write_bytes(_zero_height_jpeg())
-    views = StreamedViews(open_images(str(folder), "train"), AugmentSpec(image_size=16), 4, torch.device("cpu"), 0,
-                          stored_side=32, workers=0)
+    views = StreamedViews(open_images(str(folder), "train"), AugmentSpec(image_size=16), batch_size=4, device=torch.device("cpu"),
+                          seed=0, stored_side=32, workers=0)
     pairs = list(views.epoch(0))
     assert len(pairs) == 2 and all(first.shape == (4, 3, 16, 16) for first, _ in pairs)
     assert views.skipped == 1
@@ -187,8 +187,8 @@ def test_streamed_batches_hold_each_image_whole_with_its_size(tmp_path: Path) ->
     folder.mkdir()
     (folder / "wide.jpg").write_bytes(_jpeg(400, 300, 1))
     (folder / "tall.jpg").write_bytes(_jpeg(60, 120, 2))
-    views = StreamedViews(open_images(str(folder), "train"), AugmentSpec(image_size=16), 2, torch.device("cpu"), 0,
-                          stored_side=64, workers=0)
+    views = StreamedViews(open_images(str(folder), "train"), AugmentSpec(image_size=16), batch_size=2, device=torch.device("cpu"),
+                          seed=0, stored_side=64, workers=0)
     images, sizes, failures = next(iter(views.loader))
     by_shape = sorted(tuple(size) for size in sizes.tolist())
     assert failures == [] and images.shape == (2, 3, 64, 64) and by_shape == [(48, 64), (64, 32)]

@@ -57,7 +57,7 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def step_parts(folder: Path, device: torch.device) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], StepContext]:
     torch.manual_seed(0)
     spec = AugmentSpec(image_size=16, blur_p=0.5, solarize_p=0.2)  # every op of the view family on
-    views = BatchedViews(open_images(str(folder), "train"), spec, 8, device, seed=0, stored_size=24)
+    views = BatchedViews(open_images(str(folder), "train"), spec, batch_size=8, device=device, seed=0, stored_size=24)
     assert views.sizes is not None
     views.augment.sync_free = True  # what a GPU runs by default, traced here on the CPU
     model = build_simclr("resnet18", 16, None, "mlp", 2, 16).to(device, memory_format=torch.channels_last)

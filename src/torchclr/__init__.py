@@ -27,6 +27,16 @@ _PUBLIC = {
     "nearest": "torchclr.neighbors",
     "export": "torchclr.export",
     "evaluate": "torchclr.evaluate",
+    # The paper's blocks, for a training loop of your own (examples/minimal_simclr.py)
+    "AugmentSpec": "torchclr.transforms",
+    "view_transform": "torchclr.transforms",
+    "TwoViews": "torchclr.transforms",
+    "projection_head": "torchclr.models",
+    "SimCLR": "torchclr.models",
+    "NTXentLoss": "torchclr.loss",
+    "LARS": "torchclr.optim",
+    "parameter_groups": "torchclr.optim",
+    "warmup_cosine": "torchclr.optim",
 }
 
 __all__ = ["__version__", *_PUBLIC]

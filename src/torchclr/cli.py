@@ -179,8 +179,9 @@ def _embed(args: argparse.Namespace) -> None:
     check_number("--batch-size", args.batch_size, low=0, low_open=True)
     check_number("--workers", args.workers, low=0)
 
-    meta = embed(args.checkpoint, args.data, args.out, args.split, args.projection, args.batch_size, args.workers,
-                 args.device, args.precision, args.download, args.progress)
+    meta = embed(args.checkpoint, args.data, args.out, split=args.split, projection=args.projection,
+                 batch_size=args.batch_size, workers=args.workers, device=args.device, precision=args.precision,
+                 download=args.download, progress=args.progress)
     skipped = f"; {len(meta['skipped'])} unreadable images skipped (listed in the .json)" if meta["skipped"] else ""
     print(f"wrote {meta['count']:,} {meta['dim']}-d {meta['what']} vectors of {meta['origin']} to {args.out}{skipped}")
 

@@ -14,17 +14,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from torchclr.data.reader import load_array
 from torchclr.data.sources import ImageSet, check_split, open_images
 from torchclr.embed_work import locked, open_work, remove_work
 from torchclr.errors import UserError
+from torchclr.evaluate.features import DecodedCentreViews, batch_features
 from torchclr.options import check_number
 from torchclr.pretrained import load_encoder, load_head
 from torchclr.writer import check_output, signals_raise, write_atomically, write_json
@@ -46,22 +47,6 @@ class Embeddings:
     @property
     def labelled(self) -> bool:
         return bool(self.labels) and min(self.labels) >= 0
-
-
-class _CentreViews(Dataset):
-    """(centre view, whether the file decoded) per image; a broken file gives a blank view, skipped at the end."""
-
-    def __init__(self, images: ImageSet, transform: Callable[[Any], torch.Tensor], size: int) -> None:
-        self.images, self.transform, self.size = images, transform, size
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
-        try:
-            return self.transform(self.images.image(index)), True
-        except UserError:
-            return torch.zeros(3, self.size, self.size), False
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path]:
@@ -93,7 +78,7 @@ def checkpoint_identity(path: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "train", projection: bool = False,
+def embed(checkpoint: str | Path, data: str, out: str | Path, *, split: str = "train", projection: bool = False,
           batch_size: int = 256, workers: int | None = None, device: str = "auto", precision: str = "fp32",
           download: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write h (or z = g(h) with `projection`) of every image of `data` to `out`; returns the sidecar's content."""
@@ -109,7 +94,7 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
     check_split(data, split)
     target = resolve_device(device)
     dtype = autocast_dtype(precision, target)
-    encoder, transform, info = load_encoder(checkpoint)
+    encoder, _, info = load_encoder(checkpoint)
     network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if projection else encoder
     network = network.to(target)
     dim = info["model"]["proj_dim"] if projection and info["model"]["head"] != "none" else encoder.feature_dim
@@ -121,14 +106,11 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, split: str = "trai
 
     with locked(out_path), signals_raise(f"--out {out_path} (continue with the same command)"):
         work = open_work(out_path, meta)
-        loader = DataLoader(_CentreViews(images, transform, size), batch_size=batch_size,
-                            sampler=range(work.done, len(images)),
+        loader = DataLoader(DecodedCentreViews(images, size), batch_size=batch_size, sampler=range(work.done, len(images)),
                             num_workers=default_workers() if workers is None else workers, pin_memory=target.type == "cuda")
         bar = tqdm(total=len(images), initial=work.done, desc="embed", unit="img", disable=not progress, dynamic_ncols=True)
         for views, ok in loader:
-            with torch.autocast(target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                vectors = network(views.to(target, non_blocking=True))
-            work.append(vectors.float().cpu().numpy(), ok.numpy())
+            work.append(batch_features(network, views, target, dtype).numpy(), ok.numpy())
             bar.update(len(views))
         bar.close()
         mask = np.asarray(work.ok)

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchclr.data.cache import stored_side
 from torchclr.errors import UserError
 from torchclr.models.encoders import Encoder, is_resnet_arch
 from torchclr.pretrained import load_encoder
+from torchclr.transforms.centre import stored_side
 from torchclr.writer import check_output, write_atomically, write_json
 
 # The suffixes each format may be written under; the first is the default.

@@ -28,14 +28,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from torchclr import distributed
 from torchclr.errors import UserError
-from torchclr.evaluate.features import extract_features
 from torchclr.transforms.multicrop import MultiCrop
 
 GiB = 2**30
@@ -44,6 +43,13 @@ MIN_CHUNK = 32  # smallest sensible chunk: BatchNorm statistics over fewer than 
 PROBE_IMAGES = (16, 64)  # the two batch sizes of the probe (capped by the batch itself): big enough to be linear
 EVAL_BATCH_MAX = 512  # feature extraction gains nothing from bigger batches
 KNN_CHUNK_MAX = 1024
+
+
+class Inference(Protocol):
+    """The evaluation's forward pass on uint8 images [B, 3, S, S] (`torchclr.evaluate.extract_features`), handed
+    to the plan so that it measures what evaluation really runs while memory planning stays below evaluation."""
+
+    def __call__(self, encoder: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int) -> object: ...
 
 
 def _meminfo_bytes(field: str, path: str = "/proc/meminfo") -> int | None:
@@ -307,12 +313,12 @@ def embedding_dim(model: nn.Module) -> int:
     return linears[-1].out_features if linears else model.encoder.feature_dim
 
 
-def measure_inference(encoder: nn.Module, image_size: int, device: torch.device) -> LinearCost:
-    """Fixed and per-image bytes of `extract_features` itself (the evaluation's forward pass, in eval mode)."""
+def measure_inference(infer: Inference, encoder: nn.Module, image_size: int, device: torch.device) -> LinearCost:
+    """Fixed and per-image bytes of `infer` itself (the evaluation's forward pass, in eval mode)."""
 
     def run_at(images: int) -> Callable[[], object]:
         batch = torch.randint(0, 256, (images, 3, image_size, image_size), dtype=torch.uint8, generator=_generator(torch.device("cpu")))
-        return lambda: extract_features(encoder, batch, device, batch_size=images)
+        return lambda: infer(encoder, batch, device, batch_size=images)
 
     return fit_linear(run_at, PROBE_IMAGES, device)
 
@@ -322,11 +328,12 @@ def power_of_two_at_most(value: int, cap: int) -> int:
 
 
 def plan_pretraining(ctx: Any, step: Callable[..., object], bare_model: nn.Module,
-                     batch: int, image_size: int, requested: int | str, eval_images: int = 0,
-                     views: MultiCrop | None = None) -> TrainingPlan:
+                     batch: int, image_size: int, requested: int | str, eval_images: int = 0, *,
+                     views: MultiCrop | None = None, infer: Inference) -> TrainingPlan:
     """The plan for a run whose step is `step(ctx, *views)` at `batch` images per process (`bare_model`: the
-    SimCLR network without DDP or compile, which the probe copies); `views`: the multi-crop groups, if any (gradient
-    caching runs two views: a multi-crop batch that would need it is refused in one line).
+    SimCLR network without DDP or compile, which the probe copies) and whose evaluation runs `infer`; `views`: the
+    multi-crop groups, if any (gradient caching runs two views: a multi-crop batch that would need it is refused in
+    one line).
 
     Under torchrun every process measures its own share and all take the smallest chunk and evaluation batch.
     `eval_images` is the size of the kNN bank (training split of the labelled data), for the kNN block size.
@@ -347,7 +354,7 @@ def plan_pretraining(ctx: Any, step: Callable[..., object], bare_model: nn.Modul
                             "and gradient caching runs two views only: lower --batch-size or use fewer or smaller --views")
     except UserError as err:
         chunk, reason, error = None, "", str(err)
-    inference = measure_inference(bare_model.encoder, image_size, device)
+    inference = measure_inference(infer, bare_model.encoder, image_size, device)
     eval_batch = power_of_two_at_most(inference.most_images(budget), EVAL_BATCH_MAX)
     # kNN: a block of test features against the whole bank, as float32 similarities plus top-k's own copy.
     knn_chunk = power_of_two_at_most(budget // max(1, 8 * eval_images), KNN_CHUNK_MAX)

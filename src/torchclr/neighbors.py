@@ -37,7 +37,7 @@ class Neighbours:
     left_out: int = 0
 
 
-def nearest(bank: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int, backend: str = "torch",
+def nearest(bank: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int, *, backend: str = "torch",
             device: torch.device | str = "cpu", exclude: np.ndarray | None = None, chunk: int = 4096) -> Neighbours:
     """Exact k nearest by cosine similarity; `exclude[i]` is a bank row query i may not return (itself), or -1."""
     if backend not in BACKENDS:
@@ -100,6 +100,7 @@ def label_agreement(neighbours: Neighbours, query_labels: np.ndarray, bank_label
 def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embeddings) -> np.ndarray:
     """The vector [1, d] of one image file, made as `embed` made the bank; a checkpoint that cannot have made
     the bank (another model, another size, h instead of z) is refused before any work."""
+    from torchclr.evaluate.features import batch_features
     from torchclr.pretrained import load_encoder, load_head
 
     made_by = embeddings.meta
@@ -108,11 +109,8 @@ def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embe
     if info["model"] != made_by["model"] or info["config"].image_size != made_by["image_size"]:
         raise UserError(f"embeddings {embeddings.path} were made by a {_describe(made_by['model'], made_by['image_size'])} "
                         f"but checkpoint {checkpoint} is a {_describe(info['model'], info['config'].image_size)}")
-    image = transform(read_image_file(path, "--query"))
-    with torch.no_grad():
-        vector = encoder(image[None])
-        if made_by["what"] == "z":
-            vector = load_head(checkpoint, encoder)(vector)
+    network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if made_by["what"] == "z" else encoder
+    vector = batch_features(network, transform(read_image_file(path, "--query"))[None], torch.device("cpu"), None)
     if vector.shape[1] != embeddings.vectors.shape[1]:
         raise UserError(f"embeddings {embeddings.path} hold {embeddings.vectors.shape[1]}-d vectors but checkpoint "
                         f"{checkpoint} gives {vector.shape[1]}-d {made_by['what']}")
@@ -189,7 +187,7 @@ def grid_rows(neighbours: Neighbours, bank: Embeddings, queries: list[tuple[torc
     return rows
 
 
-def search(embeddings: str | Path, k: int, query: str | None = None, index: int | None = None,
+def search(embeddings: str | Path, k: int, *, query: str | None = None, index: int | None = None,
            query_embeddings: str | Path | None = None, checkpoint: str | Path | None = None, backend: str = "torch",
            device: str = "auto", out: str | Path | None = None, grid: str | Path | None = None) -> str:
     """What `torchclr neighbors` does: one kind of query against `embeddings`; returns the text to show."""
@@ -218,7 +216,7 @@ def search(embeddings: str | Path, k: int, query: str | None = None, index: int 
         vectors, names = embed_query_image(query, checkpoint or bank.meta["checkpoint"], bank), [query]
     else:
         raise UserError("give one of --query, --index or --query-embeddings")
-    found = nearest(bank.vectors, vectors, k, backend, resolve_device(device), exclude)
+    found = nearest(bank.vectors, vectors, k, backend=backend, device=resolve_device(device), exclude=exclude)
     note = ([f"note: left out {found.left_out} of the {len(bank.names):,} vectors of {embeddings}: they hold NaN or infinity"]
             if found.left_out else [])
     if query_embeddings is not None:

@@ -32,6 +32,7 @@ from torchclr.data.plan import sample_sizes
 from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import open_images
 from torchclr.errors import UserError
+from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.monitor import LabelledEval, final_report, knn_every, open_labelled_eval
 from torchclr.guard import DivergedError, FiniteGuard
 from torchclr.health.monitor import EpochHealth, keep_as_best, restore_last_healthy
@@ -319,7 +320,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
                       scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
     plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
                                    config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0,
-                                   views=crops)
+                                   views=crops, infer=extract_features)
     ctx.grad_cache_chunk = plan.chunk
     if labelled is not None:
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk

@@ -27,6 +27,7 @@ from torchclr.data.reader import header_size, load_array
 from torchclr.data.skips import BadFile
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
+from torchclr.transforms.centre import square
 
 STORED_SIZE_MULTIPLE = 8  # stored sides are rounded up to this
 STORED_SIZE_MAX_FACTOR = 4  # and never exceed this many view sides, whatever the smallest crop scale
@@ -235,20 +236,6 @@ def _without(images: ImageSet, tensor: torch.Tensor, bad: list[BadFile], sizes: 
     return replace(images, tensor=tensor[rows] if len(keep) < len(tensor) else tensor,
                    sizes=None if sizes is None else sizes[rows],
                    labels=[images.labels[i] for i in keep], names=[images.names[i] for i in keep])
-
-
-def stored_side(image_size: int) -> int:
-    """Side of the square evaluation views' store: the view size for small images, 1/0.875 of it for larger ones
-    (room for the centre crop, as in ImageNet's resize-256/crop-224)."""
-    return image_size if image_size <= 64 else round(image_size / 0.875)
-
-
-def square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to `size` and centre-crop a square: the evaluation view's shape."""
-    if image.shape[-2:] == (size, size):
-        return image
-    image = TF.resize(image, size, antialias=True)
-    return TF.center_crop(image, [size, size])
 
 
 def materialize(images: ImageSet, size: int | None = None, cache_dir: str | Path | None = None) -> ImageSet:

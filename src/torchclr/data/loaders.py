@@ -102,7 +102,7 @@ class BatchedViews:
     makes no synchronising call: the epoch's order is copied to the device once, and BatchAugment draws on it.
     """
 
-    def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
+    def __init__(self, images: ImageSet, spec: AugmentSpec, *, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, cache_dir: str | None = None,
                  stored_size: int | None = None, augment: BatchAugment | StagedAugment | MultiCropAugment | None = None) -> None:
         side = stored_size or default_stored_size(spec.image_size, spec.crop_scale)
@@ -150,7 +150,7 @@ def default_workers() -> int:
 class PerImageViews:
     """The reference path: torchvision v2 per image in DataLoader workers, decoding files as it goes."""
 
-    def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device,
+    def __init__(self, images: ImageSet, spec: AugmentSpec, *, batch_size: int, device: torch.device,
                  seed: int, rank: int = 0, world: int = 1, workers: int | None = None) -> None:
         self.dataset = _TwoViewDataset(images, TwoViews(view_transform(spec)))
         self.sampler = epoch_sampler(len(images), seed, rank, world)

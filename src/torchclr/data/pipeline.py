@@ -82,7 +82,8 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
         raise UserError("the figure 5 ablation's ops (cutout, Sobel, noise, rotation, one branch) need --augment-mode batched")
     if config.augment_mode == "per-image":
         say(f"data: {len(images):,} images in {images.origin}, decoded per image in workers (--augment-mode per-image)")
-        return PerImageViews(images, spec, per_process, device, config.seed, rank, world, config.workers)
+        return PerImageViews(images, spec, batch_size=per_process, device=device, seed=config.seed, rank=rank, world=world,
+                             workers=config.workers)
     views = config.multi_crop()
     if views is not None:
         say(f"views: {views.describe()}: {views.views} per image (--views {config.views})")
@@ -93,8 +94,9 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     if config.resolution() is not None:
         say(config.resolution().describe())
     if plan.mode != "stream":
-        return BatchedViews(images, spec, per_process, device, config.seed, rank, world, config.cache_dir, stored, augment)
+        return BatchedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, rank=rank, world=world,
+                            cache_dir=config.cache_dir, stored_size=stored, augment=augment)
     on_device = config.decode == "device" or (config.decode == "auto" and device.type == "cuda")
     say(f"data: JPEGs decoded {f'on {device} in batches' if on_device else 'in DataLoader workers'} (--decode {config.decode})")
-    return StreamedViews(images, spec, per_process, device, config.seed, stored, rank, world, config.workers, on_device,
-                         augment)
+    return StreamedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, stored_side=stored,
+                         rank=rank, world=world, workers=config.workers, jpegs_on_device=on_device, augment=augment)

@@ -87,7 +87,7 @@ class StreamedViews:
     """Pairs of views (or multi-crop `views`) from images decoded batch by batch in persistent DataLoader workers (or, with
     `jpegs_on_device`, read there and decoded on the training device); one shard per rank."""
 
-    def __init__(self, images: ImageSet, spec: AugmentSpec, batch_size: int, device: torch.device, seed: int,
+    def __init__(self, images: ImageSet, spec: AugmentSpec, *, batch_size: int, device: torch.device, seed: int,
                  stored_side: int, rank: int = 0, world: int = 1, workers: int | None = None,
                  jpegs_on_device: bool = False,
                  augment: BatchAugment | StagedAugment | MultiCropAugment | None = None) -> None:

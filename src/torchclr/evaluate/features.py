@@ -1,4 +1,5 @@
-"""Frozen representations h for evaluation: the standard centre view of every image, held or read in batches.
+"""Frozen representations h for evaluation: the centre view of every image (`transforms.centre`), held or read in
+batches, through the one feature extractor that evaluation, `embed`, `neighbors`, the memory plan and the report use.
 
 A small labelled split is decoded once into uint8 centre views; a large one (more than the in-memory share, see
 `torchclr.data.plan`) is decoded batch by batch in DataLoader workers each time, so no evaluation holds O(data
@@ -13,37 +14,42 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from torchclr.data.cache import materialize, square, stored_side
+from torchclr.data.cache import materialize
 from torchclr.data.loaders import default_workers
 from torchclr.data.sources import ImageSet
-
-
-def _centre(side: int, size: int) -> slice:
-    start = (side - size) // 2
-    return slice(start, start + size)
+from torchclr.errors import UserError
+from torchclr.transforms.centre import centre_crop, centre_view, stored_side
 
 
 def eval_images(images: ImageSet, image_size: int) -> torch.Tensor:
     """uint8 [N, 3, S, S] centre views; small images (<= 64 px) are only resized, never cropped."""
-    side = stored_side(image_size)
-    held = materialize(images, side).tensor
+    held = materialize(images, stored_side(image_size)).tensor
     assert held is not None
-    crop = _centre(side, image_size)
-    return held[..., crop, crop]
+    return centre_crop(held, image_size)
 
 
 class CentreViews(Dataset):
     """The centre view of image i, decoded on demand: the same pixels as `eval_images` holds."""
 
     def __init__(self, images: ImageSet, image_size: int) -> None:
-        self.images, self.image_size, self.side = images, image_size, stored_side(image_size)
+        self.images, self.image_size = images, image_size
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        crop = _centre(self.side, self.image_size)
-        return square(self.images.image(index), self.side)[..., crop, crop]
+        return centre_view(self.images.image(index), self.image_size)
+
+
+class DecodedCentreViews(CentreViews):
+    """(centre view, whether its file decoded) of image i: a broken file gives a blank view, for the caller to skip,
+    so that one bad file among many costs its row and not the run (`embed`)."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:  # type: ignore[override]
+        try:
+            return super().__getitem__(index), True
+        except UserError:
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), False
 
 
 def streamed_views(images: ImageSet, image_size: int, indices: torch.Tensor, batch_size: int = 256,
@@ -55,6 +61,19 @@ def streamed_views(images: ImageSet, image_size: int, indices: torch.Tensor, bat
 
 
 @torch.no_grad()
+def batch_features(network: nn.Module, batch: torch.Tensor, device: torch.device,
+                   autocast_dtype: torch.dtype | None = torch.bfloat16) -> torch.Tensor:
+    """The network's output (float32, on the CPU) for one batch of images, in the mode the network is in.
+
+    uint8 images are scaled to [0, 1] as `transforms.centre.CentreView` scales them; float images are taken as
+    already in [0, 1] (e.g. augmented views).
+    """
+    scale = 1 / 255 if batch.dtype == torch.uint8 else 1.0
+    batch = batch.to(device, non_blocking=True).float().mul_(scale).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        return network(batch).float().cpu()
+
+
 def extract_features(
     encoder: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], device: torch.device, batch_size: int = 512,
     autocast_dtype: torch.dtype | None = torch.bfloat16,
@@ -69,11 +88,7 @@ def extract_features(
         if isinstance(images, torch.Tensor) else images
     was_training = encoder.training
     encoder.eval()
-    out = []
-    for batch in batches:
-        scale = 1 / 255 if batch.dtype == torch.uint8 else 1.0
-        batch = batch.to(device, non_blocking=True).float().mul_(scale).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            out.append(encoder(batch).float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out)
+    try:
+        return torch.cat([batch_features(encoder, batch, device, autocast_dtype) for batch in batches])
+    finally:
+        encoder.train(was_training)

@@ -11,10 +11,10 @@ from typing import Any
 
 from torchclr.transforms.spec import AugmentSpec
 
-_LAZY = {"BatchAugment": "batched", "StagedAugment": "batched", "TwoViews": "views", "eval_transform": "views",
-         "view_transform": "views"}
+_LAZY = {"BatchAugment": "batched", "StagedAugment": "batched", "CentreView": "centre", "TwoViews": "views",
+         "eval_transform": "centre", "view_transform": "views"}
 
-__all__ = ["AugmentSpec", "BatchAugment", "StagedAugment", "TwoViews", "eval_transform", "view_transform"]
+__all__ = ["AugmentSpec", "BatchAugment", "CentreView", "StagedAugment", "TwoViews", "eval_transform", "view_transform"]
 
 
 def __getattr__(name: str) -> Any:

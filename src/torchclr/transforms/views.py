@@ -40,32 +40,6 @@ def view_transform(spec: AugmentSpec) -> v2.Compose:
     return v2.Compose(steps)
 
 
-class CentreView:
-    """The deterministic view for evaluation, pixel for pixel what `evaluate.features.eval_images` holds: shorter
-    side to image_size (to 1/0.875 of it above 64 px, ImageNet's 256/224), central square, then the central
-    image_size crop; a PIL image or uint8 tensor [3, H, W] becomes float32 [3, S, S] in [0, 1]."""
-
-    def __init__(self, image_size: int) -> None:
-        self.image_size = image_size
-
-    def __call__(self, image: Any) -> Tensor:
-        from torchclr.data.cache import square, stored_side
-
-        side = stored_side(self.image_size)
-        held = square(v2.functional.to_image(image), side)
-        start = (side - self.image_size) // 2
-        crop = held[..., start : start + self.image_size, start : start + self.image_size]
-        return v2.functional.to_dtype(crop, torch.float32, scale=True).as_subclass(Tensor)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(image_size={self.image_size})"
-
-
-def eval_transform(image_size: int) -> CentreView:
-    """The evaluation view (see `CentreView`): what `torchclr.load_encoder` hands out with the encoder."""
-    return CentreView(image_size)
-
-
 class TwoViews:
     """The positive pair of SimCLR: two independent draws of one random transform of the same image."""
 
