@@ -332,7 +332,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
 def run_length(config: PretrainConfig, steps_per_epoch: int, device: torch.device) -> RunLength:
     """--epochs, or --time-budget: as many steps as fit, planned as the run goes."""
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    if config.time_budget is None:
+    if not config.time_budget:
         return FixedEpochs(epochs=config.epochs, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps)
     budget = TimeBudget(parse_duration(config.time_budget))
     budget.configure(steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps, schedule=config.resolution(), device=device)
