@@ -73,7 +73,7 @@ def test_embed_and_extract_features_give_the_encoder_on_the_reference_pixels(
         expected = torch.cat([encoder(F.to_dtype(view[None], torch.float32, scale=True)) for view in pixels])
     embed(checkpoint, str(shaped_folder), tmp_path / "h.npy", split="test", batch_size=4, workers=0, device="cpu", progress=False)
     written = load_embeddings(tmp_path / "h.npy")
-    assert written.names == names
+    assert list(written.names) == list(names)
     torch.testing.assert_close(torch.from_numpy(written.vectors), expected, atol=1e-5, rtol=1e-5)
     held = eval_images(open_images(str(shaped_folder), "test"), size)
     extracted = extract_features(encoder.train(), held, torch.device("cpu"), batch_size=4, autocast_dtype=None)
