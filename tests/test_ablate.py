@@ -31,6 +31,7 @@ def test_subset_is_class_balanced_and_made_once(tmp_path: Path, tiny_folder: Pat
         prepare_subset(str(tmp_path / "elsewhere"), tmp_path, TINY)
 
 
+@pytest.mark.slow
 def test_a_cell_pretrains_and_scores_h_and_z(tmp_path: Path, tiny_folder: Path) -> None:
     subset = prepare_subset(str(tiny_folder), tmp_path, TINY)
     cell = Cell("linear 8", {"head": "linear", "proj_dim": 8, "semi_hard": True, "loss": "nt_logistic"}, evaluate_z=True)
@@ -40,6 +41,7 @@ def test_a_cell_pretrains_and_scores_h_and_z(tmp_path: Path, tiny_folder: Path) 
     assert not (tmp_path / "work").exists()  # checkpoints of a finished cell are removed
 
 
+@pytest.mark.slow
 def test_a_diverged_cell_is_a_result(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchclr.train
     from torchclr.guard import DivergedError

@@ -24,6 +24,7 @@ ONE_STEP = ["--epochs", "1", "--batch-size", "16", "--lr", "0.3", "--warmup-epoc
     ("timm:resnet18", 512),
     ("timm:vit_tiny_patch16_224", 192),
 ])
+@pytest.mark.slow
 def test_one_training_step_of_each_backbone_kind(tmp_path: Path, few_images_folder: Path, arch: str, feature_dim: int,
                                                  capfd: pytest.CaptureFixture) -> None:
     if arch.startswith("timm:"):

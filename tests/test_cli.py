@@ -23,6 +23,7 @@ def _run(tmp_path: Path, data: Path, name: str, *extra: str) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_pretrain_writes_a_complete_run_folder(tmp_path: Path, tiny_folder: Path, capsys: pytest.CaptureFixture) -> None:
     out = _run(tmp_path, tiny_folder, "run")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001.safetensors", "epoch-0002.safetensors"]
@@ -55,6 +56,7 @@ def test_pretrain_writes_a_complete_run_folder(tmp_path: Path, tiny_folder: Path
     assert "linear evaluation (SGD on frozen h, random crops)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run stopped after epoch 1 and resumed writes the same epoch-2 checkpoint as an uninterrupted run."""
     whole = _run(tmp_path, tiny_folder, "whole", "--deterministic")
@@ -127,6 +129,7 @@ def test_checkpoint_from_another_architecture(tmp_path: Path, tiny_folder: Path)
     assert result.returncode != 0 and len(lines) == 1 and "resnet18" in lines[0] and "resnet34" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_one_line_before_its_checkpoint(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture) -> None:
     import torchclr.train

@@ -86,6 +86,7 @@ def test_streamed_views_decoding_on_the_device_match_the_workers(mixed_folder: P
         assert (first - first_d).abs().mean() < 0.03 and (second - second_d).abs().mean() < 0.03
 
 
+@pytest.mark.slow
 def test_pretrain_with_device_decoding_runs_and_says_so(mixed_folder: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     code = main(["pretrain", "--data", str(mixed_folder), "--data-mode", "stream", "--decode", "device", "--image-size", "16",

@@ -133,6 +133,7 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_pretrain_checkpoints_once_and_resumes_exactly(tmp_path: Path, few_images_folder: Path) -> None:
     """Rank 0 alone writes the run; resuming epoch 2 from epoch 1's checkpoint rewrites the same epoch-2 checkpoint,
     so every rank got its own state back (augmentation RNG included). Gradient caching and global BN are on."""
@@ -174,6 +175,7 @@ def _wait_for_training(out: Path, processes: list[subprocess.Popen], timeout_s: 
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_lost_rank_ends_the_other_with_a_one_line_error(tmp_path: Path, few_images_folder: Path, free_ports: list[int]) -> None:
     """Without torchrun watching, two runs at once: in one, rank 1 dies (noticed at once); in the other it stalls
     (noticed after --dist-timeout). Either way rank 0 stops with a one-line error naming itself; it never hangs."""
@@ -199,6 +201,7 @@ def test_a_lost_rank_ends_the_other_with_a_one_line_error(tmp_path: Path, few_im
         assert last.startswith("torchclr: error: process 0 of 2 lost contact") and fates[name][1] in last, (name, last)
 
 
+@pytest.mark.slow
 def test_torchrun_ends_the_run_when_a_worker_dies(tmp_path: Path, few_images_folder: Path) -> None:
     out = tmp_path / "run"
     argv = ["--data", str(few_images_folder), "--out-dir", str(out), "--epochs", "1000", *TINY]

@@ -38,6 +38,7 @@ def _two_colour_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return images.to(torch.uint8), labels
 
 
+@pytest.mark.slow
 def test_finetuning_learns_the_classes_and_leaves_the_encoder_untouched() -> None:
     torch.manual_seed(0)
     encoder = ResNetEncoder("resnet18", cifar_stem=True)
@@ -51,6 +52,7 @@ def test_finetuning_learns_the_classes_and_leaves_the_encoder_untouched() -> Non
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # a copy was fine-tuned
 
 
+@pytest.mark.slow
 def test_a_batch_bigger_than_the_memory_plan_runs_in_pieces_and_still_learns(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(finetune_module, "images_per_pass", lambda *args: 4)

@@ -37,6 +37,7 @@ def small_encoder() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+@pytest.mark.slow
 def test_learns_a_separable_task_and_leaves_the_encoder_as_it_was() -> None:
     encoder, cpu = small_encoder().train(), torch.device("cpu")
     before = {k: v.clone() for k, v in encoder.state_dict().items()}

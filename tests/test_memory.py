@@ -144,6 +144,7 @@ def test_probing_leaves_the_run_untouched() -> None:
     assert "memory plan: a step of 16 images needs" in plan.describe()
 
 
+@pytest.mark.slow
 def test_a_batch_that_cannot_fit_fails_before_training(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(memory, "free_memory", lambda device: 1 * MiB)

@@ -48,6 +48,7 @@ def test_transform_takes_pil_or_uint8_and_matches_the_evaluation_centre_view() -
     assert torch.allclose(from_pil, from_tensor, atol=2 / 255)
 
 
+@pytest.mark.slow
 def test_a_custom_module_trains_and_loads_back(tmp_path: Path, few_images_folder: Path) -> None:
     from torch import nn
 

@@ -26,6 +26,7 @@ def _images_of(page: Path) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', page.read_text())
 
 
+@pytest.mark.slow
 def test_report_of_a_labelled_run(trained_run: Path) -> None:  # noqa: F811
     page = build_report(trained_run, device="cpu")
     shown = _images_of(page)
@@ -52,6 +53,7 @@ def test_preview_views_are_those_of_the_first_training_step(tiny_folder: Path, s
     assert originals.shape == (8, 3, 32, 32) and originals.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_report_of_an_unlabelled_run(tmp_path: Path, tiny_folder: Path) -> None:
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -78,6 +80,7 @@ CHECK_IMAGES = """<script>window.addEventListener('load', () => {
 });</script>"""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
 def test_every_image_loads_in_headless_chromium(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
     page = build_report(trained_run, device="cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from torchclr import checkpoint
@@ -13,6 +14,7 @@ FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "0.3", "--warmup-epochs",
         "--no-progress", "--no-cifar-stem", "--image-size", "16"]
 
 
+@pytest.mark.slow
 def test_resume_of_a_checkpoint_written_by_more_processes(tmp_path: Path, tiny_folder: Path) -> None:
     """Four ranks' augmentation states and eight GPUs' RNG states in the file; one CPU process resumes from it."""
     out = tmp_path / "run"

@@ -58,6 +58,7 @@ def imagenet_shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_imagenet_preset_streams_through_the_monitor_and_the_probe(tmp_path: Path, imagenet_shaped: Path,
                                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import torchclr.evaluate.monitor
@@ -75,6 +76,7 @@ def test_imagenet_preset_streams_through_the_monitor_and_the_probe(tmp_path: Pat
     assert set(report) == {"SimCLR (this run)", "random weights"} and all(0 <= r["top1"] <= 100 for r in report.values())
 
 
+@pytest.mark.slow
 def test_streaming_resume_continues_exactly(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopped after epoch 1 and resumed, a streaming run writes the same epoch-2 checkpoint as an uninterrupted one."""
 
