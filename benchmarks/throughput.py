@@ -63,12 +63,14 @@ class Contender(Protocol):
 
 class Torchclr:
     """torchclr's fast path as `torchclr pretrain` runs it: images decoded once into a uint8 tensor, BatchAugment on
-    the training device, then `training_step` (both views in one forward, autocast, channels_last, NT-Xent, LARS)."""
+    the training device, then `training_step` (both views in one forward, autocast, channels_last, NT-Xent, LARS);
+    with `config.views`, its multi-crop views (one forward per view size, the multi-positive NT-Xent)."""
 
     def __init__(self, name: str, config: PretrainConfig, images: ImageSet, device: torch.device) -> None:
         self.name, self.precision = name, config.precision
         start = time.perf_counter()
-        self.views = BatchedViews(images, config.augment_spec(), config.batch_size, device, config.seed)
+        views = config.multi_crop()
+        self.views = BatchedViews(images, config.augment_spec(), config.batch_size, device, config.seed, views=views)
         self.decode_seconds = time.perf_counter() - start
         model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim)
         model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
@@ -78,15 +80,15 @@ class Torchclr:
         scheduler = warmup_cosine_scheduler(optimizer, steps * config.epochs, round(config.warmup_epochs * steps))
         _, forward_model = wrap_for_training(model, device, config.sync_bn, config.compile)
         self.ctx = StepContext(
-            forward_model, build_loss(config.loss, config.temperature, config.margin),
+            forward_model, build_loss(config.loss, config.temperature, config.margin, views=views.views if views else 2),
             optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), device,
             autocast_dtype(config.precision, device), config.channels_last,
         )
 
-    def batches(self, round_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, round_index: int) -> Iterator[tuple[torch.Tensor, ...]]:
         return chain.from_iterable(self.views.epoch(epoch) for epoch in count(round_index))
 
-    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return training_step(self.ctx, *batch)
 
 
