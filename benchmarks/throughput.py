@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchclr.config import PretrainConfig
 from torchclr.data.loaders import BatchedViews, default_workers
+from torchclr.data.pipeline import batch_augment, stored_side
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_encoder, build_simclr
@@ -64,12 +65,15 @@ class Contender(Protocol):
 
 class Torchclr:
     """torchclr's fast path as `torchclr pretrain` runs it: images decoded once into a uint8 tensor, BatchAugment on
-    the training device, then `training_step` (both views in one forward, autocast, channels_last, NT-Xent, LARS)."""
+    the training device, then `training_step` (both views in one forward, autocast, channels_last, NT-Xent, LARS);
+    with `config.views`, its multi-crop views (one forward per view size, the multi-positive NT-Xent)."""
 
     def __init__(self, name: str, config: PretrainConfig, images: ImageSet, device: torch.device) -> None:
         self.name, self.precision = name, config.precision
         start = time.perf_counter()
-        self.views = BatchedViews(images, config.augment_spec(), batch_size=config.batch_size, device=device, seed=config.seed)
+        views = config.multi_crop()
+        self.views = BatchedViews(images, config.augment_spec(), batch_size=config.batch_size, device=device, seed=config.seed,
+                                  stored_size=stored_side(config), augment=batch_augment(config))
         self.decode_seconds = time.perf_counter() - start
         model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim)
         model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
@@ -77,15 +81,16 @@ class Torchclr:
         optimizer = build_optimizer(model, config.optimizer, lr=lr, weight_decay=config.weight_decay, momentum=config.momentum)
         _, forward_model = wrap_for_training(model, device, sync_bn=config.sync_bn, compile=config.compile)
         self.ctx = StepContext(
-            model=forward_model, loss_fn=build_loss(config.loss, config.temperature, config.margin), optimizer=optimizer,
+            model=forward_model, optimizer=optimizer,
+            loss_fn=build_loss(config.loss, config.temperature, config.margin, views=views.views if views else 2),
             scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"), device=device,
             dtype=autocast_dtype(config.precision, device), channels_last=config.channels_last,
         )
 
-    def batches(self, round_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, round_index: int) -> Iterator[tuple[torch.Tensor, ...]]:
         return chain.from_iterable(self.views.epoch(epoch) for epoch in count(round_index))
 
-    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def step(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return training_step(self.ctx, *batch)
 
 

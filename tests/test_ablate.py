@@ -95,7 +95,8 @@ def test_report_has_every_study_its_figures_and_verdicts(tmp_path: Path, tiny_fo
         assert f"## {name} ({study.paper}), budget `quick`" in text
     pngs = sorted(p.name for p in (tmp_path / "docs" / "ablations").iterdir())
     assert pngs == sorted(f"{name}-quick-{kind}.png" for name, kind in (("augment-pairs", "heatmap"), ("batch-epochs", "lines"),
-                          ("color-strength", "bars"), ("head", "lines"), ("loss", "bars")))
+                          ("color-strength", "bars"), ("head", "lines"), ("loss", "bars"),
+                          ("multi-crop", "bars")))
     assert all(f"](ablations/{png})" in text for png in pngs)
     assert "stronger colour distortion helps (s = 1 over s = 1/8): **reproduces**" in text  # 40 points apart
     assert "h beats z (non-linear head, 8-d): **reproduces**" in text  # 30 points, beyond the binomial error on 8 images
@@ -169,3 +170,21 @@ def test_a_folder_smaller_than_the_budget_s_largest_batch_is_refused_naming_data
     message = str(caught.value)
     assert f"--data {tiny_folder}" in message and "64 usable training images" in message
     assert "(100)" in message and "--budget quick" in message
+
+
+def test_the_multi_crop_study_runs_its_cells_at_the_quick_budget(tmp_path: Path, tiny_folder: Path) -> None:
+    """Smoke test: the two-view cell and the headline multi-crop cell train and score at a tiny quick budget, and the
+    section shows both with their --views and wall time."""
+    from torchclr.ablate import multi_crop
+
+    study = STUDIES["multi-crop"]
+    cells = {cell.name: cell for cell in study.cells(TINY)}
+    assert [cell.settings["views"] for cell in cells.values()] == [
+        "2x16", "2x16@0.2-1,2x8", "2x16@0.2-1,4x8", "2x16@0.2-1,6x8", "2x16@0.2-1,4x12"]
+    subset = prepare_subset(str(tiny_folder), tmp_path, TINY)
+    results = [run_cell(cells[name], 0, TINY, subset, tmp_path / "work", "cpu") for name in (multi_crop.TWO_VIEWS, "2 + 4 x 8 px")]
+    assert all(0 <= r["knn_top1_h"] <= 100 for r in results)
+    figures = runner.Figures(tmp_path / "figures", "figures/")
+    figures.folder.mkdir()
+    text = study.section(results, TINY, figures)
+    assert "`2x16@0.2-1,4x8`" in text and "4 small views on top of 2 help" in text and "(n=1)" in text

@@ -198,3 +198,13 @@ def test_a_multi_crop_run_trains_and_logs_views_per_second(tmp_path: Path, tiny_
     logged = [r for r in records if "views_per_s" in r]
     assert logged and all(r["views_per_s"] == pytest.approx(4 * r["images_per_s"]) for r in logged)
     assert (out / "encoder.safetensors").is_file()
+
+
+def test_small_views_that_leave_layer_4_a_1x1_map_train_in_fp32_on_the_cpu() -> None:
+    """PyTorch's bf16 conv weight gradient on a 1x1 map is wrong on the CPU (see tests/test_models.py): the smallest
+    view decides, not --image-size."""
+    from torchclr.runtime import training_dtype
+
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    assert training_dtype(bf16, cpu, PretrainConfig(image_size=48, cifar_stem=False, views="2x48,4x16")) is None
+    assert training_dtype(bf16, cpu, PretrainConfig(image_size=48, cifar_stem=False, views="2x48,4x24")) is bf16

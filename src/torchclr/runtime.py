@@ -47,11 +47,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def training_dtype(dtype: torch.dtype | None, device: torch.device, config: Any) -> torch.dtype | None:
     """fp32 instead of bf16 on the CPU when a ResNet's layer 4 gets a 1x1 map (ImageNet stem at <= 16 px, CIFAR stem
-    at <= 4 px, at any resolution stage of `config`, a PretrainConfig): PyTorch 2.14's bf16 weight gradient of a
+    at <= 4 px, at any resolution stage or view size of `config`, a PretrainConfig): PyTorch 2.14's bf16 weight gradient of a
     strided conv on a 1x1 input reads uninitialised memory there (NaN or garbage, differing between processes;
     tests/test_models.py pins the fallback)."""
-    schedule = config.resolution()
+    schedule, views = config.resolution(), config.multi_crop()
     smallest = min(schedule.sizes) if schedule is not None else config.image_size
+    smallest = min(group.size for group in views.groups) if views is not None else smallest  # the small views of --views
     stem = uses_cifar_stem(config.arch, config.image_size, config.cifar_stem)  # the model's, chosen at the final size
     if dtype != torch.bfloat16 or device.type != "cpu" or layer4_input_side(config.arch, smallest, stem) != 1:
         return dtype

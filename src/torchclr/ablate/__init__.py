@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from torchclr.ablate import augment_pairs, batch_epochs, color_strength, head, loss
+from torchclr.ablate import augment_pairs, batch_epochs, color_strength, head, loss, multi_crop
 from torchclr.ablate.report import Summary, summarise, verdict
 from torchclr.ablate.runner import (BUDGETS, Budget, Figures, Study, machine, prepare_subset, random_baseline, read_results,
                                    run_cells)
@@ -22,7 +22,7 @@ from torchclr.writer import write_text
 
 # `all` runs them in this order: the long augment-pairs grid last.
 STUDIES: dict[str, Study] = {s.name: s for s in (color_strength.STUDY, head.STUDY, loss.STUDY, batch_epochs.STUDY,
-                                                 augment_pairs.STUDY)}
+                                                 multi_crop.STUDY, augment_pairs.STUDY)}
 
 
 def results_file(out: Path, study: str, budget: Budget) -> Path:

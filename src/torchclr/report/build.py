@@ -224,6 +224,7 @@ def _summary(run_dir: Path, config: PretrainConfig, records: list[dict[str, Any]
     rows: list[tuple[str, Any]] = [("folder", run_dir), ("data", config.data), ("encoder", f"{config.arch} at {config.image_size} px"),
                                    ("loss", f"{config.loss}, temperature {config.temperature}"),
                                    ("batch size / epochs", f"{config.batch_size} / {config.epochs}"),
+                                   *([("views (--views)", config.views)] if config.views else []),
                                    ("reached", f"epoch {last.get('epoch')}, step {last.get('step')}")]
     knn = [r for r in records if "knn_top1" in r]
     if knn:
