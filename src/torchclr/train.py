@@ -41,6 +41,7 @@ from torchclr.evaluate.monitor import final_report, knn_every, open_labelled_eva
 from torchclr.gradcache import grad_cache_backward
 from torchclr.guard import DivergedError, FiniteGuard
 from torchclr.health.monitor import EpochHealth, keep_as_best, restore_last_healthy
+from torchclr.init_weights import load_initial_weights
 from torchclr.interrupt import Interrupted, StopSignals
 from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
@@ -347,6 +348,8 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     config = _with_image_size(config, images, sizes)
     model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
     dtype = _safe_autocast_dtype(config, dtype, device)
+    if config.init and not resume:  # --init (torchclr.init_weights); a resumed run takes its checkpoint's weights
+        _say(load_initial_weights(model.encoder, config.init, download=config.download))
     batches = _view_batches(config, images, sizes, device, rank, world, run)
     labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
     monitor_every = knn_every(config, labelled) if labelled is not None else 0
