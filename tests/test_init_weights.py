@@ -60,3 +60,23 @@ def test_imagenet_offline_names_the_missing_file_and_where_it_was_looked_for(tmp
     message = str(err.value)
     assert "\n" not in message and str(tmp_path / "hub" / "checkpoints") in message and "resnet18-" in message
     assert "--download" in message
+
+
+def test_compare_init_puts_the_starting_weights_beside_the_trained_ones(tmp_path: Path, tiny_folder: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """An encoder file written straight from its --init weights: the two rows must score the same."""
+    from torchclr.cli import main
+    from torchclr.config import PretrainConfig
+    from torchclr.models import build_simclr
+    from torchclr.train import export_encoder
+
+    weights = tmp_path / "start.pth"
+    torch.save(_seeded_resnet18().state_dict(), weights)
+    config = PretrainConfig(data=str(tiny_folder), image_size=32, cifar_stem=False, init=str(weights))
+    model = build_simclr("resnet18", 32, False, "mlp", 2, 128)
+    load_initial_weights(model.encoder, str(weights))
+    export_encoder(tmp_path / "encoder.safetensors", model, config)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "encoder.safetensors"), "--protocol", "knn", "--knn-k", "5",
+                 "--no-compare-random", "--compare", "init", "--device", "cpu"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("SimCLR", "initial weights"))]
+    assert len(rows) == 2 and rows[0][-2:] == rows[1][-2:]

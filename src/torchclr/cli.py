@@ -7,11 +7,14 @@ import argparse
 import json
 import shlex
 import sys
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from torchclr import config as config_module
 from torchclr.errors import UserError
 from torchclr.interrupt import Interrupted
+
+if TYPE_CHECKING:
+    from torchclr.models import Encoder
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           "--eval-split for its own data, 'test' for other --data)")
     evaluate.add_argument("--compare-random", action=argparse.BooleanOptionalAction, default=True,
                           help="also evaluate the same architecture with random weights (default: on)")
+    evaluate.add_argument("--compare", action="append", choices=("init",), default=[],
+                          help="init: also evaluate the weights the run started from (its --init), to see whether "
+                          "pretraining beat its start")
     evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     evaluate.add_argument("--knn-k", type=int, default=200, help="neighbours for --protocol knn (default: 200)")
     evaluate.add_argument("--knn-temperature", type=float, default=0.1, help="kNN weight temperature (default: 0.1)")
@@ -176,6 +182,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     encoders = {"SimCLR": encoder}
     if args.compare_random:
         encoders["random weights"] = random_twin(encoder, config)
+    if "init" in args.compare:
+        encoders[f"initial weights (--init {config.init})"] = _initial_encoder(config, args.checkpoint, args.download).to(device)
     results = evaluate_encoders(labelled, encoders, device, args.protocol, args.knn_k, args.knn_temperature, finetune_settings,
                                 linear_settings)
     what = f"fine-tuning on {args.label_fraction:.3g} of the labels" if args.protocol == "finetune" else PROTOCOLS[args.protocol]
@@ -183,6 +191,19 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
+
+
+def _initial_encoder(config: config_module.PretrainConfig, checkpoint: str, download: bool) -> Encoder:
+    """The encoder as the run began: its --init weights (a run without --init began from random ones)."""
+    from torchclr.init_weights import load_initial_weights
+    from torchclr.models import build_encoder
+
+    if not config.init:
+        raise UserError(f"--compare init: {checkpoint} comes from a run without --init (it began from random weights: "
+                        "see --compare-random)")
+    encoder = build_encoder(config.arch, config.image_size, config.cifar_stem)
+    load_initial_weights(encoder, config.init, download=download)
+    return encoder
 
 
 def _embed(args: argparse.Namespace) -> None:
