@@ -12,8 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from torchclr.health.measures import (alignment, chance_top1, dimension_std, effective_rank, health_metrics, uniformity,
-                                      view_retrieval_top1)
+from torchclr.health.measures import (
+    alignment,
+    chance_top1,
+    dimension_std,
+    effective_rank,
+    health_metrics,
+    uniformity,
+    view_retrieval_top1,
+)
 from torchclr.health.monitor import CollapseWatch, HealthMonitor
 
 

@@ -9,9 +9,11 @@ The classifier of a torchvision file is dropped (the encoder has none); anything
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from torchclr.errors import UserError
 from torchclr.models.encoders import Encoder
@@ -64,7 +66,7 @@ def _file_weights(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged or foreign file: whatever the reader says, in one line
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:  # damaged or foreign
         raise UserError(f"--init {path}: cannot read it as a state dict: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     for key in ("state_dict", "model"):  # common wrappers of a state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
