@@ -12,8 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from torchclr.health.measures import (alignment, chance_top1, dimension_std, effective_rank, health_metrics, uniformity,
-                                      view_retrieval_top1)
+from torchclr.health.measures import (
+    alignment,
+    chance_top1,
+    dimension_std,
+    effective_rank,
+    health_metrics,
+    uniformity,
+    view_retrieval_top1,
+)
 from torchclr.health.monitor import CollapseWatch, HealthMonitor
 
 
@@ -77,7 +84,7 @@ def test_view_retrieval_matches_a_brute_force_search_with_ties() -> None:
     generator = torch.Generator().manual_seed(4)
     first, second = torch.randn(6, 3, generator=generator), torch.randn(6, 3, generator=generator)
     second[2] = first[2]  # a perfect pair
-    second[4] = second[5]  # rows 10 and 11 are identical: each is the other's nearest and ties for row 4's partner
+    second[4] = second[5] = first[4]  # rows 4, 10 and 11 are one point: row 4 finds its partner (10) in a tie of two
     rows = _unit_rows(torch.cat([first, second]).numpy().astype(np.float64))
     credit = 0.0
     for i in range(12):

@@ -63,6 +63,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           "--eval-split for its own data, 'test' for other --data)")
     evaluate.add_argument("--compare-random", action=argparse.BooleanOptionalAction, default=True,
                           help="also evaluate the same architecture with random weights (default: on)")
+    evaluate.add_argument("--compare", action="append", choices=("init",), default=[],
+                          help="init: also evaluate the weights the run started from (its --init), to see whether "
+                          "pretraining beat its start")
     evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     evaluate.add_argument("--knn-k", type=int, default=200, help="neighbours for --protocol knn (default: 200)")
     evaluate.add_argument("--knn-temperature", type=float, default=0.1, help="kNN weight temperature (default: 0.1)")
@@ -165,7 +168,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.json:
         check_output(args.json, "--json", inputs=[args.checkpoint])  # before the evaluation, not after it
     done = evaluate(args.checkpoint, protocol=args.protocol, data=args.data, eval_split=args.eval_split,
-                    compare_random=args.compare_random, device=args.device, knn_k=args.knn_k,
+                    compare_random=args.compare_random, compare_init="init" in args.compare, device=args.device, knn_k=args.knn_k,
                     knn_temperature=args.knn_temperature, linear=linear, finetune=finetune, download=args.download)
     print(done.table)
     if args.json:

@@ -49,6 +49,9 @@ class ModelOptions:
     arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
                      "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
     cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool (ResNets only); default: on for ResNets on images up to 64 px")
+    init: str | None = _opt(None, "start the encoder from these weights instead of random ones: 'imagenet' (torchvision's "
+                            "default weights for --arch, from the torch hub cache; --download fetches them) or a state "
+                            "dict / safetensors file (torchvision keys, or torchclr's encoder./model.encoder. keys)")
     head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
     head_layers: int = _opt(2, "layers of the mlp head")
     proj_dim: int = _opt(128, "output size of the projection head (z)")

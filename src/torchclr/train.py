@@ -36,6 +36,7 @@ from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.monitor import LabelledEval, final_report, knn_every, open_labelled_eval
 from torchclr.guard import DivergedError, FiniteGuard
 from torchclr.health.monitor import EpochHealth, keep_as_best, restore_last_healthy
+from torchclr.init_weights import load_initial_weights
 from torchclr.interrupt import Interrupted, StopSignals
 from torchclr.length import FixedEpochs, RunLength
 from torchclr.loss import build_loss
@@ -177,6 +178,16 @@ class Pretraining:
         last = self.length.epochs is not None and self.length.done(position.step)
         return bool(every) and ((position.epoch + 1) % every == 0 or last)
 
+    def start_fresh(self) -> Position:
+        """A new run: the encoder from --init's weights if given, and room for checkpoints (checked now rather
+        than after the first epoch)."""
+        if self.config.init:
+            say(load_initial_weights(self.model.encoder, self.config.init, download=self.config.download))
+        if self.main:
+            checkpoint.check_free_space(self.run.checkpoints,
+                                        checkpoint.estimated_training_bytes(self.model, self.config.optimizer), "checkpoints")
+        return Position()
+
     def restore(self, resume: str) -> Position:
         """The state of the checkpoint `resume` names ('latest': the newest in the run folder); rank 0 picks the
         file, so that every process continues from the same step."""
@@ -250,13 +261,7 @@ def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Modu
 def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,
               encoder: nn.Module | None, ablation: AblationOps | None) -> dict[str, Any]:
     job = build_pretraining(config, device, encoder, ablation)
-    if resume:
-        position = job.restore(resume)
-    else:
-        position = Position()
-        if job.main:  # rather now than after the first epoch
-            checkpoint.check_free_space(job.run.checkpoints, checkpoint.estimated_training_bytes(job.model, config.optimizer),
-                                        "checkpoints")
+    position = job.restore(resume) if resume else job.start_fresh()
     job.run.write_config(job.config)
     job.ctx.guard = FiniteGuard(job.model, position.step, config.skip_nonfinite_steps)
     job.length.start(position.step)

@@ -24,7 +24,8 @@ class Evaluation:
 
 
 def evaluate(checkpoint: str | Path, *, protocol: str = "linear", data: str | None = None, eval_split: str | None = None,
-             compare_random: bool = True, device: str = "auto", knn_k: int = 200, knn_temperature: float = 0.1,
+             compare_random: bool = True, compare_init: bool = False, device: str = "auto", knn_k: int = 200,
+             knn_temperature: float = 0.1,
              linear: LinearSettings | None = None, finetune: FinetuneSettings | None = None,
              download: bool = False) -> Evaluation:
     """Evaluate the encoder of `checkpoint` (an encoder file or a training checkpoint) on labelled data: its frozen h
@@ -32,9 +33,11 @@ def evaluate(checkpoint: str | Path, *, protocol: str = "linear", data: str | No
 
     `data`: labelled data with train/test splits (default: the data the checkpoint was trained on; another set
     measures transfer); `eval_split`: the split reported on (default: the run's for its own data, 'test' for other
-    data). With `compare_random`, the same architecture with random weights is evaluated beside it.
+    data). With `compare_random`, the same architecture with random weights is evaluated beside it; with
+    `compare_init`, the weights the run started from (its --init): did pretraining beat its start?
     """
     from torchclr.evaluate.monitor import PROTOCOLS, LabelledEval, evaluate_encoders, format_table, random_twin
+    from torchclr.init_weights import initial_encoder
     from torchclr.pretrained import load_encoder
     from torchclr.runtime import resolve_device
 
@@ -48,6 +51,8 @@ def evaluate(checkpoint: str | Path, *, protocol: str = "linear", data: str | No
     encoders = {"SimCLR": encoder.to(target)}
     if compare_random:
         encoders["random weights"] = random_twin(encoders["SimCLR"], config)
+    if compare_init:
+        encoders[f"initial weights (--init {config.init})"] = initial_encoder(config, checkpoint, download=download).to(target)
     results = evaluate_encoders(labelled, encoders, target, protocol, knn_k, knn_temperature, finetune, linear)
     what = f"fine-tuning on {finetune.label_fraction:.3g} of the labels" if protocol == "finetune" else PROTOCOLS[protocol]
     return Evaluation(results, format_table(results, f"{what} of {checkpoint}", labelled))

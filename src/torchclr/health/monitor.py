@@ -41,7 +41,7 @@ class HealthMonitor:
     batch_size: int = 256
 
     @classmethod
-    def from_images(cls, images: ImageSet, spec: AugmentSpec, *, count: int = SLICE_IMAGES, seed: int = 0) -> "HealthMonitor":
+    def from_images(cls, images: ImageSet, spec: AugmentSpec, *, count: int = SLICE_IMAGES, seed: int = 0) -> HealthMonitor:
         """A seeded slice of `count` images (all when fewer; unreadable ones are passed over), each augmented twice
         by `spec` with a generator seeded by `seed`."""
         side = default_stored_size(spec.image_size, spec.crop_scale)
@@ -153,7 +153,7 @@ class EpochHealth:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def for_run(cls, config: Any, images: ImageSet, labelled: bool) -> "EpochHealth | None":
+    def for_run(cls, config: Any, images: ImageSet, labelled: bool) -> EpochHealth | None:
         """From the run's --health-every, --keep-best and --stop-on-collapse (None when all are off); `labelled`:
         whether the kNN monitor runs (for --keep-best knn_top1)."""
         if config.keep_best == "knn_top1" and not labelled:

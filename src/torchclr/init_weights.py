@@ -1,0 +1,106 @@
+"""`--init`: start the encoder from known weights instead of random ones, so that a run (and its evaluation) can
+answer "did SSL beat the start?".
+
+`imagenet` takes torchvision's default weights for `--arch` from the local torch hub cache (fetched only with
+--download); a PATH takes any state dict (.pth / .pt) or safetensors file whose keys are torchvision's (`conv1.weight`)
+or torchclr's (`encoder.net.conv1.weight` in encoder.safetensors, `model.encoder.net.` in a training checkpoint).
+The classifier of a torchvision file is dropped (the encoder has none); anything else that does not fit is one line.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+
+from torchclr.errors import UserError
+from torchclr.models.encoders import Encoder
+
+_PREFIXES = ("model.encoder.net.", "encoder.net.", "net.", "")  # torchclr's checkpoints, encoder files, then torchvision
+_CLASSIFIERS = ("fc.", "classifier.", "heads.", "head.")
+_SHOWN = 3  # mismatching keys named in the error line
+
+
+def load_initial_weights(encoder: Encoder, source: str, *, download: bool = False) -> str:
+    """Load `source` ('imagenet' or a file) into `encoder.net`; returns the line that says what was loaded."""
+    if source == "imagenet":
+        state, where = _torchvision_weights(encoder.arch, download)
+        # the CIFAR stem's 3x3 conv1 cannot take ImageNet's 7x7 one: it stays random, the rest is loaded
+        skip = {"conv1.weight"} if encoder.cifar_stem else set()
+    else:
+        state, where = _file_weights(Path(source)), f"--init {source}"
+        skip = set()
+    loaded = match_state(encoder, state, where, skip)
+    kept = " (conv1 stays random: the CIFAR stem's 3x3 conv has no ImageNet weights)" if skip else ""
+    encoder.net.load_state_dict(loaded, strict=not skip)
+    return f"init: encoder weights from {where}{kept}"
+
+
+def match_state(encoder: Encoder, state: dict[str, torch.Tensor], where: str, skip: set[str]) -> dict[str, torch.Tensor]:
+    """`state` with the key prefix that fits `encoder.net` removed and the classifier dropped; a file that does not
+    fit (another architecture, another stem) is one UserError listing the mismatches."""
+    target = encoder.net.state_dict()
+    prefix = max(_PREFIXES, key=lambda p: sum(k[len(p):] in target for k in state if k.startswith(p)))
+    found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    found = {k: v for k, v in found.items() if not (k not in target and k.startswith(_CLASSIFIERS)) and k not in skip}
+    missing = [k for k in target if k not in found and k not in skip]
+    unexpected = [k for k in found if k not in target]
+    shapes = [f"{k} {list(v.shape)} vs {list(target[k].shape)}" for k, v in found.items() if k in target and v.shape != target[k].shape]
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:_SHOWN])}{', ...' if len(keys) > _SHOWN else ''})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape (file vs model)", shapes)) if keys]
+    if problems:
+        raise UserError(f"{where} does not fit --arch {encoder.arch}{' with the CIFAR stem' if encoder.cifar_stem else ''}: "
+                        f"{'; '.join(problems)} keys")
+    return found
+
+
+def _file_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"--init {path}: no such file (give imagenet or a state dict / safetensors file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:  # damaged or foreign
+        raise UserError(f"--init {path}: cannot read it as a state dict: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    for key in ("state_dict", "model"):  # common wrappers of a state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--init {path}: holds no state dict of tensors")
+    return state
+
+
+def _torchvision_weights(arch: str, download: bool) -> tuple[dict[str, torch.Tensor], str]:
+    import torchvision
+
+    if arch.startswith("timm:") or arch == "custom":
+        raise UserError(f"--init imagenet takes torchvision's weights; --arch {arch} has none (give a weights file)")
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    where = f"torchvision's {weights} ({cached})"
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True), where
+    if not download:
+        raise UserError(f"--init imagenet: torchvision's {weights} weights are not in the torch hub cache: {cached} is "
+                        "missing; copy the file there (TORCH_HOME moves the cache) or add --download to fetch it")
+    return weights.get_state_dict(progress=False), where
+
+
+def initial_encoder(config: Any, checkpoint: str | Path, *, download: bool = False) -> Encoder:
+    """The encoder as the run of `config` (its PretrainConfig) began: its --init weights; a run without --init began
+    from random weights, which --compare-random already shows."""
+    from torchclr.models import build_encoder
+
+    if not config.init:
+        raise UserError(f"--compare init: {checkpoint} comes from a run without --init (it began from random weights: "
+                        "see --compare-random)")
+    encoder = build_encoder(config.arch, config.image_size, config.cifar_stem)
+    load_initial_weights(encoder, config.init, download=download)
+    return encoder
