@@ -86,6 +86,8 @@ class PretrainConfig:
     arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
                      "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
     cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool (ResNets only); default: on for ResNets on images up to 64 px")
+    zero_init_residual: bool = _opt(False, "start the last BatchNorm of every residual block at scale 0, so that each block "
+                                    "starts as the identity (the official SimCLR code's option; ResNets only)")
     head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
     head_layers: int = _opt(2, "layers of the mlp head")
     proj_dim: int = _opt(128, "output size of the projection head (z)")

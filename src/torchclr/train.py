@@ -344,7 +344,8 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     images = open_images(config.data, config.train_split, config.download, policy)
     sizes = sample_sizes(images, seed=config.seed)
     config = _with_image_size(config, images, sizes)
-    model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder)
+    model: SimCLR = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers, config.proj_dim, encoder,
+                                 zero_init_residual=config.zero_init_residual)
     dtype = _safe_autocast_dtype(config, dtype, device)
     batches = _view_batches(config, images, sizes, device, rank, world, run)
     labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
