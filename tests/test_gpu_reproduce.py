@@ -127,3 +127,23 @@ def test_recipe_unknown_cell_is_one_line(tmp_path: Path) -> None:
     assert [line for line in done.stdout.splitlines() if "unknown cell" in line] == [
         "gpu_recipe: unknown cell nope (known: base t0.2 lr2 b1024 b256 sqrt s1.0): skipped"]
     assert json.loads((tmp_path / "out" / "recipe.json").read_text()) == []
+
+
+def test_ablate_without_data_is_one_line(tmp_path: Path) -> None:
+    done = run_script(ROOT / "benchmarks" / "gpu_ablate.sh", tmp_path / "out", DATA="missing.zip", STUDY="loss",
+                      WORK=str(tmp_path / "work"))
+    assert done.returncode == 1
+    assert [line for line in done.stdout.splitlines() if line.startswith("gpu_ablate: DATA")] == [
+        "gpu_ablate: DATA=missing.zip is not a file or folder: nothing to train (docs/gpu.md: copy the zip into a "
+        "git-ignored folder and carry it)"]
+
+
+def test_ablate_smoke_writes_the_study_report_and_its_cells(tmp_path: Path) -> None:
+    done = run_script(ROOT / "benchmarks" / "gpu_ablate.sh", tmp_path / "out", SMOKE="1", STUDY="color-strength",
+                      WORK=str(tmp_path / "work"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = [json.loads(line) for line in (tmp_path / "out" / "color-strength-quick.jsonl").read_text().splitlines()]
+    assert sorted(c["cell"] for c in cells) == sorted(["s=1/8", "s=1/4", "s=1/2", "s=1", "s=1 + blur"])
+    assert all(0 <= c["knn_top1_h"] <= 100 for c in cells if "diverged" not in c)
+    report = (tmp_path / "out" / "ablations.md").read_text()
+    assert "## color-strength (Table 1), budget `quick`" in report and "5 of 5 runs done" in report

@@ -1,4 +1,5 @@
-"""Learning-rate scaling with batch size and the warm-up + cosine schedule of SimCLR (paper, appendix B.1)."""
+"""Learning-rate scaling with batch size (the square-root rule: appendix B.1) and the warm-up + cosine schedule of
+SimCLR (paper, section 2.3)."""
 
 from __future__ import annotations
 
