@@ -6,6 +6,7 @@ from torch import nn
 
 from torchclr.errors import UserError
 from torchclr.models import build_encoder, build_simclr, projection_head
+from torchclr.models.heads import BatchNormNoShift
 
 
 @pytest.mark.parametrize("arch, dim", [("resnet18", 512), ("resnet50", 2048)])
@@ -29,7 +30,7 @@ def test_cifar_stem_is_automatic_for_small_images() -> None:
 def test_heads_follow_the_paper() -> None:
     assert isinstance(projection_head("none", 512), nn.Identity)
     linear = projection_head("linear", 512, 128)
-    assert [type(m) for m in linear] == [nn.Linear, nn.BatchNorm1d]
+    assert [type(m) for m in linear] == [nn.Linear, BatchNormNoShift]
     mlp = projection_head("mlp", 512, 128, num_layers=3)
     widths = [(m.in_features, m.out_features) for m in mlp if isinstance(m, nn.Linear)]
     assert widths == [(512, 512), (512, 512), (512, 128)]
