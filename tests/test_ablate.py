@@ -188,3 +188,50 @@ def test_the_multi_crop_study_runs_its_cells_at_the_quick_budget(tmp_path: Path,
     figures.folder.mkdir()
     text = study.section(results, TINY, figures)
     assert "`2x16@0.2-1,4x8`" in text and "4 small views on top of 2 help" in text and "(n=1)" in text
+
+
+def test_loss_study_tunes_the_learning_rate_of_every_loss(tmp_path: Path) -> None:
+    """Appendix B.10: each loss is compared at its own best learning rate, not at NT-Xent's."""
+    from torchclr.ablate import loss as loss_study
+    from torchclr.ablate.runner import BUDGETS
+
+    cells = loss_study.cells(BUDGETS["default"])
+    rates: dict[tuple[str, bool], set[float]] = {}
+    for cell in cells:
+        key = (cell.settings.get("loss", "nt_xent"), bool(cell.settings.get("semi_hard")))
+        rates.setdefault(key, set()).add(cell.settings.get("lr", runner_base_lr()))
+    assert set(rates) == {("nt_xent", False), ("nt_logistic", False), ("nt_logistic", True), ("margin_triplet", False),
+                          ("margin_triplet", True)}
+    assert all(len(found) >= 2 for found in rates.values()), rates
+    assert len({cell.name for cell in cells}) == len(cells)
+    # the report's best cell of a family may be one at another lr than 3.0
+    results = [{"cell": cell.name, "seed": 0, "knn_top1_h": 90.0 if cell.settings.get("lr") == 1.0 else 50.0, "seconds": 1}
+               for cell in cells]
+    text = loss_study.section(results, BUDGETS["default"], runner.Figures(tmp_path, ""))
+    rows = [line for line in text.splitlines() if line.startswith(("| NT-", "| margin"))][:5]
+    assert len(rows) == 5 and all(", lr=1 | 90.0" in row for row in rows), rows
+
+
+def runner_base_lr() -> float:
+    from torchclr.ablate.runner import BASE_SETTINGS
+
+    return BASE_SETTINGS["lr"]
+
+
+def test_batch_epochs_study_scales_the_learning_rate_linearly() -> None:
+    """Figure 9 scales the lr linearly with the batch: the effective lr of each main cell is proportional to its
+    batch; the square-root rule is an extra row of the shortest schedule only."""
+    from torchclr.ablate import batch_epochs
+    from torchclr.ablate.runner import BUDGETS
+    from torchclr.optim import scaled_lr
+
+    budget = BUDGETS["default"]
+    cells = batch_epochs.cells(budget)
+    main = [c for c in cells if not c.name.endswith("sqrt lr")]
+    assert len(main) == len(budget.batch_sizes) * len(budget.epoch_grid)
+    for cell in main:
+        effective = scaled_lr(cell.settings["lr"], cell.settings["batch_size"], cell.settings["lr_scaling"])
+        assert effective == pytest.approx(3.0 * cell.settings["batch_size"] / 256)
+    extra = [c for c in cells if c.name.endswith("sqrt lr")]
+    assert {c.settings["epochs"] for c in extra} == {budget.epoch_grid[0]} and len(extra) == len(budget.batch_sizes)
+    assert all(c.settings["lr_scaling"] == "sqrt" for c in extra)

@@ -26,7 +26,7 @@ def run_script(script: Path, out: Path, **env: str) -> subprocess.CompletedProce
     """The script as a user runs it, with this interpreter as its python3."""
     variables = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "OUT": str(out), **env}
     variables.pop("PYTHONPATH", None)  # the script puts its own src/ first
-    return subprocess.run(["bash", str(script)], env=variables, capture_output=True, text=True, timeout=900)
+    return subprocess.run(["bash", str(script)], env=variables, capture_output=True, text=True, timeout=2400)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,48 @@ def test_missing_data_is_one_line_and_the_summary_is_still_written(tmp_path: Pat
     assert "Traceback" not in done.stdout + done.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["steps"] == {"data": "exit 2"} and summary["optimizer_steps"] == 0
+
+
+RECIPE = ROOT / "benchmarks" / "gpu_recipe.sh"
+
+
+def test_recipe_smoke_ranks_the_cells_it_ran(tmp_path: Path) -> None:
+    import yaml
+
+    done = run_script(RECIPE, tmp_path / "out", SMOKE="1", WORK=str(tmp_path / "work"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "recipe.json").read_text())
+    assert sorted(row["run"].split()[0] for row in rows) == ["base", "t0.2"]
+    assert all(row["epochs"] == 1 and row["failed"] == {} and 0 <= row["knn_top1"] <= 100 for row in rows)
+    assert rows[0]["knn_top1"] >= rows[1]["knn_top1"]  # best first
+    # each cell is the preset with its own options: the temperature cell really trained at 0.2
+    temperatures = {cell: yaml.safe_load((tmp_path / "work" / cell / "run" / "config.yaml").read_text())["temperature"]
+                    for cell in ("base", "t0.2")}
+    assert temperatures == {"base": 0.5, "t0.2": 0.2}
+
+
+def test_recipe_unknown_cell_is_one_line(tmp_path: Path) -> None:
+    done = run_script(RECIPE, tmp_path / "out", SMOKE="1", CELLS="nope", WORK=str(tmp_path / "work"))
+    assert [line for line in done.stdout.splitlines() if "unknown cell" in line] == [
+        "gpu_recipe: unknown cell nope (known: base t0.2 lr2 b1024 b256 sqrt s1.0): skipped"]
+    assert json.loads((tmp_path / "out" / "recipe.json").read_text()) == []
+
+
+def test_ablate_without_data_is_one_line(tmp_path: Path) -> None:
+    done = run_script(ROOT / "benchmarks" / "gpu_ablate.sh", tmp_path / "out", DATA="missing.zip", STUDY="loss",
+                      WORK=str(tmp_path / "work"))
+    assert done.returncode == 1
+    assert [line for line in done.stdout.splitlines() if line.startswith("gpu_ablate: DATA")] == [
+        "gpu_ablate: DATA=missing.zip is not a file or folder: nothing to train (docs/gpu.md: copy the zip into a "
+        "git-ignored folder and carry it)"]
+
+
+def test_ablate_smoke_writes_the_study_report_and_its_cells(tmp_path: Path) -> None:
+    done = run_script(ROOT / "benchmarks" / "gpu_ablate.sh", tmp_path / "out", SMOKE="1", STUDY="color-strength",
+                      WORK=str(tmp_path / "work"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = [json.loads(line) for line in (tmp_path / "out" / "color-strength-quick.jsonl").read_text().splitlines()]
+    assert sorted(c["cell"] for c in cells) == sorted(["s=1/8", "s=1/4", "s=1/2", "s=1", "s=1 + blur"])
+    assert all(0 <= c["knn_top1_h"] <= 100 for c in cells if "diverged" not in c)
+    report = (tmp_path / "out" / "ablations.md").read_text()
+    assert "## color-strength (Table 1), budget `quick`" in report and "5 of 5 runs done" in report

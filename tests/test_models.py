@@ -6,6 +6,7 @@ from torch import nn
 
 from torchclr.errors import UserError
 from torchclr.models import build_encoder, build_simclr, projection_head
+from torchclr.models.heads import BatchNormNoShift
 
 
 @pytest.mark.parametrize("arch, dim", [("resnet18", 512), ("resnet50", 2048)])
@@ -29,7 +30,7 @@ def test_cifar_stem_is_automatic_for_small_images() -> None:
 def test_heads_follow_the_paper() -> None:
     assert isinstance(projection_head("none", 512), nn.Identity)
     linear = projection_head("linear", 512, 128)
-    assert [type(m) for m in linear] == [nn.Linear, nn.BatchNorm1d]
+    assert [type(m) for m in linear] == [nn.Linear, BatchNormNoShift]
     mlp = projection_head("mlp", 512, 128, num_layers=3)
     widths = [(m.in_features, m.out_features) for m in mlp if isinstance(m, nn.Linear)]
     assert widths == [(512, 512), (512, 512), (512, 128)]
@@ -82,3 +83,63 @@ def test_bf16_on_the_cpu_falls_back_to_fp32_where_layer4_sees_a_1x1_map() -> Non
     assert training_dtype(bf16, cpu, staged) is None
     # the stem is the model's, chosen at the final size: ImageNet at 128 px, so 16 px views give layer 4 a 1x1 map
     assert training_dtype(bf16, cpu, PretrainConfig(image_size=128, resolution_schedule="16@0,128@0.5")) is None
+
+
+def test_head_last_batchnorm_has_no_learnable_shift() -> None:
+    """The official code's last BN of the head has center=False: its shift starts at 0, no optimiser updates it,
+    and the state dict keeps the keys an affine BN has."""
+    from torchclr.models import projection_head
+    from torchclr.optim import build_optimizer
+
+    for kind in ("mlp", "linear"):
+        head = projection_head(kind, 16, 8)
+        last = head[-1]
+        assert torch.equal(last.bias, torch.zeros(8)) and not last.bias.requires_grad and last.weight.requires_grad
+        optimizer = build_optimizer(head, "lars", lr=1.0, weight_decay=1e-4, momentum=0.9)
+        head(torch.randn(32, 16)).pow(2).sum().backward()
+        optimizer.step()
+        assert torch.equal(last.bias, torch.zeros(8)), kind
+        assert set(head.state_dict()) == set(torch.nn.Sequential(*head[:-1], torch.nn.BatchNorm1d(8)).state_dict())
+
+
+def test_head_loads_a_file_written_with_a_learnt_shift() -> None:
+    """A head saved when the last BN's shift was learnt loads as it is and gives the same z."""
+    from torchclr.models import projection_head
+
+    old = projection_head("mlp", 16, 8)
+    old[-1] = torch.nn.BatchNorm1d(8)  # the former head: an affine BN with a learnable shift
+    with torch.no_grad():
+        old[-1].bias.copy_(torch.linspace(-1, 1, 8))
+    new = projection_head("mlp", 16, 8)
+    new.load_state_dict(old.state_dict())
+    old.eval(), new.eval()
+    h = torch.randn(4, 16)
+    assert torch.allclose(new(h), old(h))
+
+
+@pytest.mark.parametrize("arch, last_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_starts_every_block_as_the_identity(arch: str, last_bn: str) -> None:
+    from torchclr.models import build_encoder
+
+    zeroed = build_encoder(arch, 32, zero_init_residual=True)
+    plain = build_encoder(arch, 32)
+    blocks = [m for m in zeroed.net.modules() if hasattr(m, last_bn) and hasattr(m, "conv1")]
+    assert len(blocks) == {"resnet18": 8, "resnet50": 16}[arch]
+    assert all(torch.count_nonzero(getattr(b, last_bn).weight) == 0 for b in blocks)
+    assert all(torch.all(getattr(b, last_bn).weight == 1) for b in plain.net.modules()
+               if hasattr(b, last_bn) and hasattr(b, "conv1"))
+
+
+def test_zero_init_residual_is_a_config_option_for_resnets_only() -> None:
+    from torchclr.cli import _build_parser
+    from torchclr.config import resolve
+    from torchclr.errors import UserError
+    from torchclr.models import build_simclr
+
+    args = _build_parser().parse_args(["pretrain", "--zero-init-residual"])
+    assert resolve(args).zero_init_residual is True
+    assert resolve(_build_parser().parse_args(["pretrain"])).zero_init_residual is False
+    model = build_simclr("resnet18", 32, None, "mlp", 2, 128, zero_init_residual=True)
+    assert torch.count_nonzero(model.encoder.net.layer1[0].bn2.weight) == 0
+    with pytest.raises(UserError, match="--zero-init-residual applies to torchvision ResNets only"):
+        build_simclr("mobilenet_v3_small", 32, None, "mlp", 2, 128, zero_init_residual=True)

@@ -139,7 +139,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("study", choices=(*STUDIES, "all"), help="the study, or all of them")
     ablate.add_argument("--budget", choices=tuple(BUDGETS), default="default",
                         help="quick: a first look, about a minute per cell on 2 CPU cores; default: 9 to 25 minutes a study on 2 "
-                        "quiet CPU cores (all five: about 75 minutes); gpu: all of CIFAR-10 with the CIFAR stem, hours per study on a GPU (default: default)")
+                        "quiet CPU cores (all five: about 75 minutes); gpu: 10,000 CIFAR-10 images with the CIFAR stem, sized for one "
+                        "10-minute GPU run per study (default: default)")
     ablate.add_argument("--seeds", help="comma-separated seeds (default: the budget's; every seed runs the headline cells, "
                         "the first alone the rest of a grid)")
     ablate.add_argument("--data", default="sample", help="labelled data with train/test splits: a folder or zip "

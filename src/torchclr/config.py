@@ -49,6 +49,8 @@ class ModelOptions:
     arch: str = _opt("resnet18", "encoder: a torchvision classification model (resnet50, mobilenet_v3_small, "
                      "convnext_tiny, vit_b_16, ...) or timm:NAME (needs the timm extra)")
     cifar_stem: bool | None = _opt(None, "3x3 stride-1 stem without max-pool (ResNets only); default: on for ResNets on images up to 64 px")
+    zero_init_residual: bool = _opt(False, "start the last BatchNorm of every residual block at scale 0, so that each block "
+                                    "starts as the identity (the official SimCLR code's option; ResNets only)")
     init: str | None = _opt(None, "start the encoder from these weights instead of random ones: 'imagenet' (torchvision's "
                             "default weights for --arch, from the torch hub cache; --download fetches them) or a state "
                             "dict / safetensors file (torchvision keys, or torchclr's encoder./model.encoder. keys)")

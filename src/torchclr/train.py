@@ -300,7 +300,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     sizes = sample_sizes(images, seed=config.seed)
     config = with_image_size(config, sizes)
     model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers,
-                         config.proj_dim, encoder)
+                         config.proj_dim, encoder, zero_init_residual=config.zero_init_residual)
     dtype = training_dtype(dtype, device, config)
     listed = len(images) + len(images.skipped)
     batches = build_view_batches(config, images, sizes, device, rank=rank, world=world, ablation=ablation)

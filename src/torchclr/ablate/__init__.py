@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from torchclr.ablate import augment_pairs, batch_epochs, color_strength, head, loss, multi_crop
 from torchclr.ablate.report import Summary, summarise, verdict
-from torchclr.ablate.runner import (BUDGETS, Budget, Figures, Study, machine, prepare_subset, random_baseline, read_results,
-                                   run_cells)
+from torchclr.ablate.runner import (BASE_RECIPE_NOTE, BUDGETS, Budget, Figures, Study, machine, prepare_subset,
+                                   random_baseline, read_results, run_cells)
 from torchclr.writer import write_text
 
 # `all` runs them in this order: the long augment-pairs grid last.
@@ -66,6 +66,7 @@ def write_report(out: Path, report: Path, data: str, command: str, load: str, ru
         "in the paper's direction exceeds twice its standard error (from the seed spread, and at least the binomial "
         "error of an accuracy on the test images), **the opposite** when it does so the other way, and **not resolved** "
         "otherwise.",
+        BASE_RECIPE_NOTE,
     ]
     missing = []
     for name, study in STUDIES.items():

@@ -50,17 +50,25 @@ BUDGETS = {
                       head_dims=(32, 128, 512, 2048), batch_sizes=(50, 125, 250, 500, 1000), epoch_grid=(3, 6),
                       about="sized for each study to finish within 60 minutes on 2 quiet CPU cores (measured on this project's "
                             "machine: 9 to 25 minutes a study, about 40 s a cell); three seeds for the headline cells"),
-    "gpu": Budget("gpu", train_images=50000, test_images=10000, epochs=100, batch_size=512, seeds=(0, 1, 2),
-                  cifar_stem=True, head_dims=(32, 64, 128, 256, 512, 1024, 2048), batch_sizes=(256, 512, 1024, 2048, 4096),
-                  epoch_grid=(100, 200, 400),
-                  about="all of CIFAR-10 with the paper's CIFAR stem at 32 px (appendix B.9 scale, shorter schedules): "
-                        "for one GPU, hours per study"),
+    "gpu": Budget("gpu", train_images=10000, test_images=2000, epochs=10, batch_size=512, seeds=(0, 1, 2),
+                  cifar_stem=True, head_dims=(32, 128, 512, 2048), batch_sizes=(256, 512, 1024, 2048), epoch_grid=(10, 30),
+                  about="sized for one 10-minute GPU call per study (benchmarks/gpu_ablate.sh) from the 27,118 pairs/s "
+                        "measured for ResNet-18 at 32 px on one H200; docs/ablations.md has the arithmetic. Not yet run"),
 }
+
+# What every report says about BASE_SETTINGS beside the paper's recipe (ResNet-50, ImageNet, appendix B.1/B.9).
+BASE_RECIPE_NOTE = (
+    "Base recipe of every cell (a study changes a few keys): ResNet-18, the budget's stem and view size, random "
+    "resized crop of scale 0.2-1 (paper: 0.08-1), colour distortion s = 0.5 (paper: 1.0 on ImageNet, 0.5 on CIFAR-10), "
+    "no blur (paper: p = 0.5 on ImageNet, none on CIFAR-10), LARS at lr 3.0 x B/256 (paper: 0.3 x B/256, or "
+    "0.075 x sqrt(B)), weight decay 1e-4 (paper: 1e-6), warm-up 0.5 epochs (paper: 10), temperature 0.1 (paper: 0.1 on "
+    "ImageNet, 0.5 on CIFAR-10), 2-layer MLP head to 128-d; scored by kNN (paper: linear evaluation). The short schedules "
+    "are why the lr is high, the warm-up short and the crops milder than the paper's.")
 
 # Every cell starts from the quickstart's short-run recipe (docs/quickstart.md) at 32 px; a study changes a few keys.
 BASE_SETTINGS: dict[str, Any] = {
     "arch": "resnet18", "blur_p": 0.0, "crop_scale": (0.2, 1.0), "jitter_strength": 0.5, "optimizer": "lars", "lr": 3.0,
-    "lr_scaling": "linear", "weight_decay": 1e-4, "warmup_epochs": 0.5, "temperature": 0.1, "knn_every": 0,
+    "lr_scaling": "linear", "weight_decay": 1e-4, "warmup_epochs": 0.5, "temperature": 0.1, "knn_every": 0,  # BASE_RECIPE_NOTE
     "grad_cache_chunk": "off", "keep_checkpoints": 1, "progress": False,
 }
 

@@ -1,4 +1,4 @@
-"""`--protocol linear`: the paper's linear evaluation (section 4 and appendix B.6) - a linear layer trained on the
+"""`--protocol linear`: the paper's linear evaluation (section 2.3 and appendix B.6) - a linear layer trained on the
 frozen encoder's h with SGD, on random crops of the training images, tested on the centre views.
 
 The paper's recipe on ImageNet, the preset here for sets of its size: Nesterov momentum 0.9, batch 4096, learning

@@ -91,14 +91,18 @@ def uses_cifar_stem(arch: str, image_size: int, cifar_stem: bool | None) -> bool
     return image_size <= SMALL_IMAGE_MAX_SIZE if cifar_stem is None else cifar_stem
 
 
-def build_encoder(arch: str, image_size: int, cifar_stem: bool | None = None) -> Encoder:
+def build_encoder(arch: str, image_size: int, cifar_stem: bool | None = None, *, zero_init_residual: bool = False) -> Encoder:
     """The encoder `--arch` names: a torchvision ResNet (CIFAR stem as `uses_cifar_stem` says), any other torchvision
-    classification model, or `timm:NAME`, all with random weights."""
+    classification model, or `timm:NAME`, all with random weights. `zero_init_residual`: the last BN of every residual
+    block starts with scale 0, so each block starts as the identity (the official SimCLR code's option; torchvision's
+    `zero_init_residual`); ResNets only."""
     stem = uses_cifar_stem(arch, image_size, cifar_stem)
+    if zero_init_residual and not is_resnet_arch(arch):
+        raise UserError(f"--zero-init-residual applies to torchvision ResNets only, not to --arch {arch}")
     if arch.startswith(TIMM_PREFIX):
         net, feature_dim = _timm_backbone(arch[len(TIMM_PREFIX):], image_size)
     else:
-        net, feature_dim = _torchvision_backbone(arch, image_size, stem)
+        net, feature_dim = _torchvision_backbone(arch, image_size, stem, zero_init_residual)
     if not is_resnet_arch(arch) and image_size <= SMALL_IMAGE_MAX_SIZE and (arch, image_size) not in _noted:
         _noted.add((arch, image_size))
         print(f"torchclr: note: --arch {arch} keeps its ImageNet stem, which downsamples {image_size} px images to a few "
@@ -106,7 +110,7 @@ def build_encoder(arch: str, image_size: int, cifar_stem: bool | None = None) ->
     return Encoder(net, feature_dim, arch, stem)
 
 
-def _torchvision_backbone(arch: str, image_size: int, cifar_stem: bool) -> tuple[nn.Module, int]:
+def _torchvision_backbone(arch: str, image_size: int, cifar_stem: bool, zero_init_residual: bool = False) -> tuple[nn.Module, int]:
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:
         raise UserError(f"--arch {arch!r} is neither a torchvision classification model (e.g. resnet50, "
@@ -114,6 +118,8 @@ def _torchvision_backbone(arch: str, image_size: int, cifar_stem: bool) -> tuple
     options = {"image_size": image_size} if arch.startswith("vit_") else {}
     if arch in ("googlenet", "inception_v3"):
         options.update(aux_logits=False, init_weights=True)
+    if zero_init_residual:
+        options["zero_init_residual"] = True
     net = torchvision.models.get_model(arch, weights=None, **options)
     if isinstance(net, torchvision.models.ResNet):
         return _resnet_trunk(net, cifar_stem)

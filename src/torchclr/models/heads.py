@@ -9,18 +9,29 @@ from torchclr.errors import UserError
 HEAD_KINDS = ("none", "linear", "mlp")
 
 
+class BatchNormNoShift(nn.BatchNorm1d):
+    """BatchNorm with a learnable scale but no learnable shift: the official SimCLR code's last BN of the head
+    (`center=False`). The shift stays a parameter, frozen at zero (requires_grad False: no optimiser or DDP sees it),
+    so the state dict keeps its keys, files written when it was learnt still load (with their learnt shift), and
+    global BN takes it over like any BN parameter."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.bias.requires_grad_(False)
+
+
 def projection_head(kind: str, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None, num_layers: int = 2) -> nn.Module:
     """`none` (z = h), `linear` (one layer), or `mlp` with `num_layers` layers: d -> d -> ... -> out_dim.
 
-    Every hidden layer is Linear + BatchNorm + ReLU; the last is Linear + BatchNorm without bias or
-    ReLU, as in the paper's released code (the BN keeps z well scaled for the temperature).
+    Every hidden layer is Linear + BatchNorm + ReLU; the last is Linear + BatchNorm without bias, learnable shift
+    or ReLU, as in the paper's released code (the BN keeps z well scaled for the temperature).
     """
     if kind not in HEAD_KINDS:
         raise UserError(f"model.head must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
     if kind == "none":
         return nn.Identity()
     if kind == "linear":
-        return nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim))
+        return nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), BatchNormNoShift(out_dim))
     if num_layers < 2:
         raise UserError(f"model.head_layers must be at least 2 for an mlp head, got {num_layers}")
     hidden_dim = hidden_dim or in_dim
@@ -29,5 +40,5 @@ def projection_head(kind: str, in_dim: int, out_dim: int = 128, hidden_dim: int 
     for _ in range(num_layers - 1):
         layers += [nn.Linear(width, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         width = hidden_dim
-    layers += [nn.Linear(width, out_dim, bias=False), nn.BatchNorm1d(out_dim)]
+    layers += [nn.Linear(width, out_dim, bias=False), BatchNormNoShift(out_dim)]
     return nn.Sequential(*layers)

@@ -18,7 +18,9 @@ NORM_LAYERS = (
 
 
 def _is_excluded(module: nn.Module, name: str, param: nn.Parameter) -> bool:
-    """Biases and normalisation parameters neither decay nor adapt (paper, appendix B.1)."""
+    """Biases and normalisation parameters neither decay nor adapt: the official SimCLR code's LARS exclusion
+    (`exclude_from_weight_decay` / `exclude_from_layer_adaptation` of 'batch_normalization' and 'bias'); the paper
+    does not state it."""
     return isinstance(module, NORM_LAYERS) or name == "bias" or param.ndim <= 1
 
 

@@ -1,4 +1,5 @@
-"""Learning-rate scaling with batch size (appendix B.1) and the warm-up + cosine schedule of SimCLR (section 2.3).
+"""Learning-rate scaling with batch size (the square-root rule: appendix B.1) and the warm-up + cosine schedule of
+SimCLR (paper, section 2.3).
 
 The schedule is a pure function of the step: a training loop sets `peak * warmup_cosine(step, ...)` on the
 optimiser before each step (`set_learning_rate`), as DINO and nanoGPT do, so a run whose length changes (a time
