@@ -44,7 +44,7 @@ def shaped_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _references(folder: Path, image_size: int) -> tuple[list[str], torch.Tensor]:
     images = open_images(str(folder), "test")
-    return images.names, torch.stack([reference_view(Image.open(folder / "test" / name), image_size) for name in images.names])
+    return list(images.names), torch.stack([reference_view(Image.open(folder / "test" / name), image_size) for name in images.names])
 
 
 @pytest.mark.parametrize("image_size", [32, 80, 160])
