@@ -45,7 +45,7 @@ from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr, uses_cifar_stem
 from torchclr.models.encoders import CUSTOM_ARCH, layer4_input_side
 from torchclr.optim import build_optimizer, scaled_lr, warmup_cosine_scheduler
-from torchclr.runlog import RunLog
+from torchclr.runlog import RunLog, prepare_run_folder
 from torchclr.transforms.batched import StagedAugment
 
 
@@ -338,6 +338,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     rank, world = distributed.rank(), distributed.world_size()
     dtype = autocast_dtype(config.precision, device)
     seed_everything(config.seed + rank, config.deterministic)
+    prepare_run_folder(config.out_dir, resume=resume, overwrite=config.overwrite, remove=rank == 0)
     run = RunLog(config.out_dir, writer_enabled=rank == 0)
 
     policy = ReadPolicy(config.max_image_pixels, config.max_file_mb << 20, config.strict)
