@@ -153,3 +153,35 @@ def test_unreadable_images_are_skipped_and_listed(trained_run: Path, tiny_folder
     written = load_embeddings(tmp_path / "mixed.npy")
     assert meta["skipped"] == ["0002.png"] and written.names == ["0000.png", "0001.png", "0003.png"]
     assert written.vectors.shape == (3, 512) and np.isfinite(written.vectors).all()
+
+
+@pytest.mark.parametrize("after_rows", [8, 40])
+def test_sigterm_during_embed_then_the_same_command_gives_identical_vectors(after_rows: int, trained_run: Path,  # noqa: F811
+                                                                              tiny_folder: Path, tmp_path: Path) -> None:
+    """A real `torchclr embed` process SIGTERMed once its progress record shows `after_rows` rows, then run again."""
+    import signal
+    import time
+
+    out = tmp_path / "cut.npy"
+    argv = [sys.executable, "-m", "torchclr", "embed", "--checkpoint", str(trained_run / "encoder.safetensors"), "--data",
+            str(tiny_folder), "--split", "train", "--out", str(out), "--batch-size", "4", "--workers", "0", "--no-progress"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / "cut.npy.partial.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(progress.read_text())["done"] >= after_rows:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "cut.npy.lock").exists()
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"resuming {out}" in again.stdout, again.stderr
+    embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "whole.npy", "train", batch_size=4,
+          progress=False, workers=0)  # the uninterrupted run
+    np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
+    assert not list(tmp_path.glob("*.partial*"))

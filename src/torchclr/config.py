@@ -165,6 +165,8 @@ class OutputOptions:
     """The run folder, checkpoints, monitoring and the final report."""
 
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
+    overwrite: bool = _opt(False, "start afresh in an --out-dir that holds another run, removing that run's files first "
+                           "(without it, such a folder is refused unless --resume continues it)")
     keep_checkpoints: int = _opt(2, "checkpoints to keep (older ones are deleted; 0 keeps all)")
     save_every_steps: int = _opt(0, "also save a checkpoint every this many steps, mid-epoch (0: at epoch ends only); "
                                  "SIGTERM and SIGUSR1 always save one at the current step")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,36 @@ from typing import Any
 import yaml
 
 from torchclr.checkpoint import remove_stale_temporaries
+from torchclr.errors import UserError
 
 # epoch-0003.safetensors: after 3 epochs; epoch-0003-step-00000420.safetensors: mid-epoch 4, at global step 420.
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensors$")
+
+
+# What a run writes in its folder (besides checkpoints/): removed by --overwrite, nothing else is touched.
+RUN_FILES = ("metrics.jsonl", "config.yaml", "encoder.safetensors", "loss_curve.png", "skipped_files.csv", "linear_eval.json")
+RUN_FOLDERS = ("tensorboard", "report")
+
+
+def prepare_run_folder(out_dir: str | Path, *, resume: str | None, overwrite: bool, remove: bool = True) -> None:
+    """Refuse a fresh run in a folder holding another run (the two would mix: new encoder, old checkpoints,
+    appended metrics), unless `resume` continues it or `overwrite` removes its files first (when `remove`: rank 0)."""
+    folder = Path(out_dir)
+    held = [name for name in ("metrics.jsonl", "encoder.safetensors") if (folder / name).is_file()]
+    checkpoints = [p for p in (folder / "checkpoints").glob("*.safetensors") if CHECKPOINT_PATTERN.match(p.name)]
+    if checkpoints:
+        held.append(f"{len(checkpoints)} checkpoint(s)")
+    if not held or resume:
+        return
+    if not overwrite:
+        raise UserError(f"--out-dir {folder} holds a run ({', '.join(held)}): continue it with --resume, start afresh "
+                        "there with --overwrite, or give another --out-dir")
+    if remove:
+        for path in [*(folder / name for name in RUN_FILES), *checkpoints]:
+            path.unlink(missing_ok=True)
+        for name in RUN_FOLDERS:
+            shutil.rmtree(folder / name, ignore_errors=True)
+        _note(f"--overwrite: removed the previous run's files in {folder}")
 
 
 class RunLog:

@@ -45,7 +45,7 @@ from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.optim import build_optimizer, scaled_lr, set_learning_rate, warmup_cosine
 from torchclr.pretrained import config_as_json, model_description, save_encoder
 from torchclr.progress import EpochMeter
-from torchclr.runlog import RunLog
+from torchclr.runlog import RunLog, prepare_run_folder
 from torchclr.runtime import autocast_dtype, resolve_device, say, seed_everything, training_dtype, wrap_for_training
 from torchclr.step import StepContext, training_step
 from torchclr.transforms.ablation import AblationOps
@@ -260,7 +260,7 @@ def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Modu
 
 def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,
               encoder: nn.Module | None, ablation: AblationOps | None) -> dict[str, Any]:
-    job = build_pretraining(config, device, encoder, ablation)
+    job = build_pretraining(config, device, encoder, ablation, resume=resume)
     position = job.restore(resume) if resume else job.start_fresh()
     job.run.write_config(job.config)
     job.ctx.guard = FiniteGuard(job.model, position.step, config.skip_nonfinite_steps)
@@ -288,12 +288,15 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
 
 
 def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.Module | None,
-                      ablation: AblationOps | None = None) -> Pretraining:
+                      ablation: AblationOps | None = None, *, resume: str | None = None) -> Pretraining:
     """Everything a run needs before its first step: data and views, the network, loss, optimiser, run length,
-    the memory plan (gradient caching and evaluation batches) and the run folder."""
+    the memory plan (gradient caching and evaluation batches) and the run folder (refused when it holds another run,
+    unless `resume` continues it or --overwrite clears it)."""
     rank, world = distributed.rank(), distributed.world_size()
     dtype = autocast_dtype(config.precision, device)
     seed_everything(config.seed + rank, config.deterministic)
+    prepare_run_folder(config.out_dir, resume=resume, overwrite=config.overwrite, remove=rank == 0)
+    distributed.barrier()  # the others wait while rank 0 clears an --overwrite folder
     run = RunLog(config.out_dir, writer_enabled=rank == 0)
     images = open_images(config.data, config.train_split, config.download,
                          ReadPolicy(config.max_image_pixels, config.max_file_mb << 20, config.strict))
