@@ -56,6 +56,8 @@ class ModelOptions:
                             "dict / safetensors file (torchvision keys, or torchclr's encoder./model.encoder. keys)")
     head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
     head_layers: int = _opt(2, "layers of the mlp head")
+    head_shift: bool = _opt(False, "let the head's last BatchNorm learn a shift, as torchclr 0.2 did (to resume its runs "
+                            "exactly); the official SimCLR code and the default have none (center=False)")
     proj_dim: int = _opt(128, "output size of the projection head (z)")
 
 

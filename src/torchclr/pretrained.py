@@ -26,8 +26,13 @@ def model_description(config: PretrainConfig | dict[str, Any]) -> dict[str, Any]
     """What a checkpoint must agree on to be loaded into a model."""
     values = dataclasses.asdict(config) if isinstance(config, PretrainConfig) else config
     stem = uses_cifar_stem(values["arch"], values["image_size"], values["cifar_stem"])
-    return {"arch": values["arch"], "cifar_stem": stem, "head": values["head"],
-            "head_layers": values["head_layers"], "proj_dim": values["proj_dim"]}
+    return {"arch": values["arch"], "cifar_stem": stem, "head": values["head"], "head_layers": values["head_layers"],
+            "proj_dim": values["proj_dim"], "head_shift": values.get("head_shift", True)}  # 0.2 wrote none: its shift was learnt
+
+
+def stored_description(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model description; one of torchclr 0.2 (no head_shift) had a learnt shift in its head."""
+    return {"head_shift": True, **meta}
 
 
 def config_as_json(config: PretrainConfig) -> dict[str, Any]:
@@ -82,7 +87,8 @@ def load_head(path: str | Path, encoder: Encoder) -> nn.Module:
 
     tensors, meta = checkpoint.load(path)
     description = meta["model"]
-    head = projection_head(description["head"], encoder.feature_dim, description["proj_dim"], num_layers=description["head_layers"])
+    head = projection_head(description["head"], encoder.feature_dim, description["proj_dim"], num_layers=description["head_layers"],
+                           learnt_shift=stored_description(description)["head_shift"])
     prefix = "head." if meta["kind"] == "encoder" else "model.head."
     state = checkpoint.model_tensors(tensors, prefix)
     if not state and list(head.state_dict()):

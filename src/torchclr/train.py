@@ -43,7 +43,7 @@ from torchclr.loss import build_loss
 from torchclr.models import SimCLR, build_simclr
 from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.optim import build_optimizer, scaled_lr, set_learning_rate, warmup_cosine
-from torchclr.pretrained import config_as_json, model_description, save_encoder
+from torchclr.pretrained import config_as_json, model_description, save_encoder, stored_description
 from torchclr.progress import EpochMeter
 from torchclr.runlog import RunLog, prepare_run_folder
 from torchclr.runtime import autocast_dtype, resolve_device, say, seed_everything, training_dtype, wrap_for_training
@@ -197,9 +197,10 @@ class Pretraining:
         tensors, meta = checkpoint.load(path)
         if meta.get("kind") != "training":
             raise UserError(f"checkpoint {path} holds no training state to resume (it is a {meta.get('kind')!r} file)")
-        mine, theirs = model_description(self.config), meta.get("model")
+        mine, theirs = model_description(self.config), stored_description(meta.get("model") or {})
         if mine != theirs:
-            raise UserError(f"checkpoint {path} was written for {theirs} but this run builds {mine}")
+            shift = " (a run of torchclr 0.2 resumes with --head-shift)" if theirs["head_shift"] != mine["head_shift"] else ""
+            raise UserError(f"checkpoint {path} was written for {theirs} but this run builds {mine}{shift}")
         checkpoint.load_model_state(self.model, checkpoint.model_tensors(tensors), path, f"{self.config.arch}")
         # rng.augment is rank 0's augmentation stream; every other rank takes its own, or keeps its fresh seed when
         # the checkpoint comes from a run with fewer processes.
@@ -303,7 +304,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     sizes = sample_sizes(images, seed=config.seed)
     config = with_image_size(config, sizes)
     model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers,
-                         config.proj_dim, encoder, zero_init_residual=config.zero_init_residual)
+                         config.proj_dim, encoder, zero_init_residual=config.zero_init_residual, head_shift=config.head_shift)
     dtype = training_dtype(dtype, device, config)
     listed = len(images) + len(images.skipped)
     batches = build_view_batches(config, images, sizes, device, rank=rank, world=world, ablation=ablation)
