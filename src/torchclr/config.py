@@ -146,7 +146,9 @@ class RuntimeOptions:
     """Device, precision, seeding, memory, and several processes under torchrun."""
 
     device: str = _opt("auto", "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
-    precision: str = _opt("bf16", "autocast precision; fp16 uses a grad scaler (GPU only)", ("bf16", "fp16", "fp32"))
+    precision: str = _opt("auto", "autocast precision: 'auto' is bf16 on a GPU and on CPUs that do bf16 natively "
+                          "(AVX-512 BF16, AMX), else fp32 (emulated bf16 is many times slower); fp16 uses a grad scaler "
+                          "(GPU only)", ("auto", "bf16", "fp16", "fp32"))
     compile: bool = _opt(False, "torch.compile the model (slower start, faster steps)")
     channels_last: bool = _opt(True, "channels-last memory format for the convolutions")
     seed: int = _opt(0, "random seed")

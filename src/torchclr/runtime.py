@@ -38,11 +38,30 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` does bf16 matrix work natively: a GPU that supports it, or a CPU with AVX-512 (BF16) or AMX,
+    as oneDNN judges it. Elsewhere bf16 is emulated, many times slower than fp32 (seen here: a CPU with AVX2 only)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_dtype(dtype: torch.dtype | None | str, device: torch.device) -> torch.dtype | None:
+    """An autocast dtype, with 'auto' meaning bf16 where it is native on `device` and fp32 (None) elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    return dtype  # type: ignore[return-value]
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of --precision (None: fp32, no autocast); fp16 needs a grad scaler, so a GPU."""
+    """The autocast dtype of --precision (None: fp32, no autocast); 'auto' as `resolve_dtype` says; fp16 needs a
+    grad scaler, so a GPU."""
     if precision == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    return resolve_dtype({"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision], device)
 
 
 def training_dtype(dtype: torch.dtype | None, device: torch.device, config: Any) -> torch.dtype | None:

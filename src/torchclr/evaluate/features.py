@@ -18,6 +18,7 @@ from torchclr.data.cache import materialize
 from torchclr.data.loaders import default_workers
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
+from torchclr.runtime import resolve_dtype
 from torchclr.transforms.centre import centre_crop, centre_view, stored_side
 
 
@@ -62,12 +63,13 @@ def streamed_views(images: ImageSet, image_size: int, indices: torch.Tensor, bat
 
 @torch.no_grad()
 def batch_features(network: nn.Module, batch: torch.Tensor, device: torch.device,
-                   autocast_dtype: torch.dtype | None = torch.bfloat16) -> torch.Tensor:
+                   autocast_dtype: torch.dtype | None | str = "auto") -> torch.Tensor:
     """The network's output (float32, on the CPU) for one batch of images, in the mode the network is in.
 
     uint8 images are scaled to [0, 1] as `transforms.centre.CentreView` scales them; float images are taken as
     already in [0, 1] (e.g. augmented views).
     """
+    autocast_dtype = resolve_dtype(autocast_dtype, device)  # 'auto': bf16 where it is native
     scale = 1 / 255 if batch.dtype == torch.uint8 else 1.0
     batch = batch.to(device, non_blocking=True).float().mul_(scale).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -76,7 +78,7 @@ def batch_features(network: nn.Module, batch: torch.Tensor, device: torch.device
 
 def extract_features(
     encoder: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], device: torch.device, batch_size: int = 512,
-    autocast_dtype: torch.dtype | None = torch.bfloat16,
+    autocast_dtype: torch.dtype | None | str = "auto",
 ) -> torch.Tensor:
     """h for every image (float32 [N, d], on the CPU), with the encoder in eval mode (BN running statistics).
 

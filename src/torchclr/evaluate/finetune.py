@@ -26,6 +26,7 @@ from torchclr.evaluate.knn import accuracy
 from torchclr.evaluate.linear import EpochBatches, crop_and_flip, linear_head
 from torchclr.models import Encoder
 from torchclr.optim import parameter_groups, scaled_lr, warmup_cosine_scheduler
+from torchclr.runtime import resolve_dtype
 
 
 def paper_epochs(label_fraction: float) -> int:
@@ -116,9 +117,11 @@ def images_per_pass(model: nn.Module, image_size: int, batch_size: int, device: 
 def finetune(
     encoder: Encoder, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
     test_labels: torch.Tensor, num_classes: int, settings: FinetuneSettings, device: torch.device,
-    dtype: torch.dtype | None = torch.bfloat16,
+    dtype: torch.dtype | None | str = "auto",
 ) -> dict[str, float]:
-    """Top-1/top-5 (%) on the test images of a copy of `encoder` fine-tuned on a labelled subset of uint8 train images."""
+    """Top-1/top-5 (%) on the test images of a copy of `encoder` fine-tuned on a labelled subset of uint8 train images
+    (`dtype` 'auto': bf16 where it is native on `device`)."""
+    dtype = resolve_dtype(dtype, device)
     subset = labelled_subset(train_labels, settings.label_fraction, settings.seed)
     if len(subset) < MIN_PIECE:  # train-mode BN (the memory probe's too) cannot take a batch of 1
         raise UserError(f"fine-tuning needs at least {MIN_PIECE} labelled training images; --label-fraction "

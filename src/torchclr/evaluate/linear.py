@@ -108,7 +108,7 @@ def _scaled_batch(images: int) -> int:
 def linear_eval(
     encoder: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
     test_labels: torch.Tensor, num_classes: int, settings: LinearSettings, device: torch.device,
-    extract_batch: int = 512, dtype: torch.dtype | None = torch.bfloat16,
+    extract_batch: int = 512, dtype: torch.dtype | None | str = "auto",
 ) -> dict[str, float]:
     """Top-1/top-5 (%) on `test_features` (h of the test centre views) of a linear layer trained with SGD on h of
     random crops of the uint8 `train_images`; the encoder runs frozen, `extract_batch` images at a time."""
