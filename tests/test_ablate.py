@@ -46,7 +46,7 @@ def test_a_diverged_cell_is_a_result(tmp_path: Path, tiny_folder: Path, monkeypa
     import torchclr.train
     from torchclr.guard import DivergedError
 
-    def diverge(config: Any) -> None:
+    def diverge(config: Any, *, ablation: Any = None) -> None:
         Path(config.out_dir).mkdir(parents=True)
         raise DivergedError("loss became nan by step 2")
 
