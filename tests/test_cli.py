@@ -134,7 +134,7 @@ def test_a_diverging_run_stops_with_one_line_before_its_checkpoint(tmp_path: Pat
                                                                    capsys: pytest.CaptureFixture) -> None:
     import torchclr.train
 
-    def nan_loss(*_: object) -> torch.nn.Module:
+    def nan_loss(*_: object, **__: object) -> torch.nn.Module:
         return lambda z: z.float().sum() * float("nan")
 
     monkeypatch.setattr(torchclr.train, "build_loss", nan_loss)

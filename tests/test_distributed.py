@@ -54,7 +54,7 @@ def loss_and_gradients(model: torch.nn.Module, first: torch.Tensor, second: torc
     model.zero_grad()
     loss = build_loss("nt_xent", 0.5, 1.0)(embed_with(model)(torch.cat([first, second])))
     loss.backward()
-    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
@@ -72,7 +72,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     model.eval()  # BN from running statistics: chunks are independent, so gradient caching is exact
     model.zero_grad()
     grad_cache_backward(ddp, embed_with(ddp), build_loss("nt_xent", 0.5, 1.0), first, second, CHUNK)
-    results["grad_cache"] = [p.grad.clone() for p in model.parameters()]
+    results["grad_cache"] = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -32,7 +32,7 @@ def views(images: int = IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gradients(model: nn.Module) -> list[torch.Tensor]:
-    return [p.grad.clone() for p in model.parameters()]
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
 
 def full_batch_gradients(model: nn.Module, loss_fn: nn.Module, first: torch.Tensor, second: torch.Tensor,

@@ -109,8 +109,8 @@ def test_huge_learning_rate_stops_with_every_checkpoint_finite(eight_images: Pat
 def test_skipped_nonfinite_steps_are_counted(eight_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_build = torchclr.train.build_loss
 
-    def every_other_nan(*args: Any) -> Any:
-        loss, calls = real_build(*args), []
+    def every_other_nan(*args: Any, **kwargs: Any) -> Any:
+        loss, calls = real_build(*args, **kwargs), []
 
         def forward(z: torch.Tensor) -> torch.Tensor:
             calls.append(1)
