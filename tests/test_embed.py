@@ -181,7 +181,7 @@ def test_sigterm_during_embed_then_the_same_command_gives_identical_vectors(afte
     assert not out.exists() and not (tmp_path / "cut.npy.lock").exists()
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and f"resuming {out}" in again.stdout, again.stderr
-    embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "whole.npy", "train", batch_size=4,
+    embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "whole.npy", split="train", batch_size=4,
           progress=False, workers=0)  # the uninterrupted run
     np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
     assert not list(tmp_path.glob("*.partial*"))
