@@ -37,6 +37,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Complete
     return done, out, work
 
 
+@pytest.mark.slow
 def test_smoke_summary_holds_the_measured_run(smoke: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
     done, out, work = smoke
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -59,6 +60,7 @@ def test_smoke_summary_holds_the_measured_run(smoke: tuple[subprocess.CompletedP
     assert "1: " in table and "2: " in table
 
 
+@pytest.mark.slow
 def test_smoke_encoder_pieces_rejoin_to_the_trained_encoder(smoke: tuple[subprocess.CompletedProcess[str], Path, Path],
                                                              tmp_path: Path) -> None:
     from torchclr import load_encoder
@@ -81,6 +83,7 @@ def test_smoke_encoder_pieces_rejoin_to_the_trained_encoder(smoke: tuple[subproc
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_failing_training_is_one_line_and_the_summary_is_still_written(tmp_path: Path) -> None:
     done = run_script(SCRIPT, tmp_path / "out", SMOKE="1", WORK=str(tmp_path / "work"), TRAIN_ARGS="--batch-size 100000")
     assert done.returncode == 1
@@ -107,6 +110,7 @@ def test_missing_data_is_one_line_and_the_summary_is_still_written(tmp_path: Pat
 RECIPE = ROOT / "benchmarks" / "gpu_recipe.sh"
 
 
+@pytest.mark.slow
 def test_recipe_smoke_ranks_the_cells_it_ran(tmp_path: Path) -> None:
     import yaml
 
@@ -138,6 +142,7 @@ def test_ablate_without_data_is_one_line(tmp_path: Path) -> None:
         "git-ignored folder and carry it)"]
 
 
+@pytest.mark.slow
 def test_ablate_smoke_writes_the_study_report_and_its_cells(tmp_path: Path) -> None:
     done = run_script(ROOT / "benchmarks" / "gpu_ablate.sh", tmp_path / "out", SMOKE="1", STUDY="color-strength",
                       WORK=str(tmp_path / "work"))
