@@ -82,7 +82,7 @@ def test_killed_and_terminated_runs_resume_to_identical_weights(sixteen_images: 
         kind = (signal.SIGKILL, signal.SIGTERM)[attempt % 2]
         start = _resumable_step(out)
         _forget_steps_after(out, start)
-        process = _start(sixteen_images, out, *(["--resume"] if start else []))
+        process = _start(sixteen_images, out, *(["--resume"] if start else ["--overwrite"]))  # nothing saved yet: afresh
         target = start + 1
         deadline = time.monotonic() + 300
         while max((step for _, step in _logged(out)), default=0) < target and process.poll() is None and time.monotonic() < deadline:
