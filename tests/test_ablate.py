@@ -81,6 +81,7 @@ def test_finished_cells_are_skipped_and_seeds_added_later_run(tmp_path: Path, mo
     assert all(json.loads(line)["cell"] in "ab" for line in results.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_report_has_every_study_its_figures_and_verdicts(tmp_path: Path, tiny_folder: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, int]] = []
@@ -172,6 +173,7 @@ def test_a_folder_smaller_than_the_budget_s_largest_batch_is_refused_naming_data
     assert "(100)" in message and "--budget quick" in message
 
 
+@pytest.mark.slow
 def test_the_multi_crop_study_runs_its_cells_at_the_quick_budget(tmp_path: Path, tiny_folder: Path) -> None:
     """Smoke test: the two-view cell and the headline multi-crop cell train and score at a tiny quick budget, and the
     section shows both with their --views and wall time."""

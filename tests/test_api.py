@@ -18,6 +18,7 @@ IMPORT_ORDERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("before", IMPORT_ORDERS)
 def test_public_names_are_the_functions_in_any_import_order(before: str) -> None:
     script = (f"{IMPORT_ORDERS[before]}\nimport inspect, torchclr\nfrom torchclr import embed, export, nearest\n"
@@ -29,6 +30,7 @@ def test_public_names_are_the_functions_in_any_import_order(before: str) -> None
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_readme_calls(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
     import torchclr.embed  # noqa: F401 (the import that used to shadow the function)
     from torchclr import embed, export, nearest

@@ -56,6 +56,7 @@ def test_cifar_stem_is_for_resnets_only() -> None:
         build_encoder("mobilenet_v3_small", 32, cifar_stem=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, needle", [("timm:no_such_model_xyz", "timm:no_such_model_xyz"), ("no_such_net", "no_such_net")])
 def test_unknown_architecture_is_one_line(arch: str, needle: str) -> None:
     result = subprocess.run([sys.executable, "-m", "torchclr", "pretrain", "--arch", arch, "--no-progress"],

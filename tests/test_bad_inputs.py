@@ -259,6 +259,7 @@ def test_checkpoint_that_is_a_folder(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "does not exist" in _one_line_error(["evaluate", "--checkpoint", str(tmp_path)], capsys)
 
 
+@pytest.mark.slow
 def test_stray_file_in_the_checkpoints_folder_is_ignored_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data, out = _good_folder(tmp_path / "d", 4), tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)

@@ -139,6 +139,7 @@ def test_crops_land_where_v2_crops_land() -> None:
     [only(16, jitter_p=0.8), AugmentSpec(image_size=16)],
     ids=["jitter only", "default"],
 )
+@pytest.mark.slow
 def test_colour_statistics_follow_v2(spec: AugmentSpec) -> None:
     images = textured_images()
     # Twice the usual draws from v2 and four times as many again from the cheap batched path, so that

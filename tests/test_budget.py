@@ -120,6 +120,7 @@ def _budget_record(out: Path) -> dict:
     return [r for r in records if "time_budget_used_s" in r][-1]
 
 
+@pytest.mark.slow
 def test_runs_end_within_ten_percent_of_their_budget_fresh_and_resumed(tmp_path: Path, tiny_folder: Path) -> None:
     """The budget counts training (steps, epoch-end checkpoints), by the run's own clock: the process start and the
     setup before the first step are not in it, so the check holds on a busy machine too."""
@@ -153,6 +154,7 @@ def test_bad_budgets_are_one_line_errors(tmp_path: Path, value: str) -> None:
     assert result.returncode == 2 and len(lines) == 1 and "--time-budget" in lines[0] and repr(value) in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_for_one_step(tmp_path: Path, tiny_folder: Path) -> None:
     result = _pretrain(tiny_folder, tmp_path / "short", "--time-budget", "0.001")
     lines = result.stderr.strip().splitlines()

@@ -62,6 +62,7 @@ def test_every_centre_view_path_gives_the_reference_pixels(shaped_folder: Path, 
         assert torch.equal(from_pil, F.to_dtype(reference, torch.float32, scale=True)) and torch.equal(from_tensor, from_pil)
 
 
+@pytest.mark.slow
 def test_embed_and_extract_features_give_the_encoder_on_the_reference_pixels(
     shaped_folder: Path, trained_run: Path, tmp_path: Path,  # noqa: F811
 ) -> None:

@@ -95,6 +95,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
     (["evaluate", "--checkpoint", "/no/such.safetensors"], "/no/such.safetensors"),
     (["evaluate", "--checkpoint", "/no/such.safetensors", "--protocol", "finetune", "--label-fraction", "0"], "--label-fraction"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_nonzero(argv: list[str], needle: str) -> None:
     result = _cli(*argv)
     assert result.returncode != 0
@@ -102,6 +103,7 @@ def test_bad_input_is_one_line_and_nonzero(argv: list[str], needle: str) -> None
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_folder_without_images_and_corrupt_image(tmp_path: Path, tiny_folder: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = _cli("pretrain", "--data", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "o"))
@@ -121,6 +123,7 @@ def test_folder_without_images_and_corrupt_image(tmp_path: Path, tiny_folder: Pa
         assert result.returncode != 0 and len(lines) == 1 and "0005.png" in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_architecture(tmp_path: Path, tiny_folder: Path) -> None:
     out = _run(tmp_path, tiny_folder, "r18", "--epochs", "1")
     result = _cli("pretrain", "--data", str(tiny_folder), "--out-dir", str(out), "--arch", "resnet34", "--resume",

@@ -94,6 +94,7 @@ def single_process() -> dict:
     return results
 
 
+@pytest.mark.slow
 def test_ddp_with_global_bn_matches_one_process_on_the_full_batch(rank_results: list[dict], single_process: dict) -> None:
     """Loss (mean over ranks), parameter gradients and BN running statistics of 2 ranks x N = 1 process x 2N."""
     loss, grads, buffers = single_process["global_bn"]

@@ -71,6 +71,7 @@ def rank_results(tmp_path_factory: pytest.TempPathFactory, spawn_ranks: Callable
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD)]
 
 
+@pytest.mark.slow
 def test_rank_queries(rank_results: list[dict]) -> None:
     assert [(r["world_size"], r["rank"], r["main"]) for r in rank_results] == [(2, 0, True), (2, 1, False)]
 

@@ -35,6 +35,7 @@ def embedded(trained_run: Path, tiny_folder: Path, tmp_path_factory: pytest.Temp
     return out
 
 
+@pytest.mark.slow
 def test_embed_writes_h_of_each_file_with_its_name_and_label(embedded: Path, trained_run: Path, tiny_folder: Path) -> None:  # noqa: F811
     test = load_embeddings(embedded / "test.npy")
     assert len(test.names) == 16 and test.vectors.shape == (16, 512) and test.classes == ["circle", "stripes"]
@@ -62,6 +63,7 @@ def test_projection_writes_z(trained_run: Path, tiny_folder: Path, tmp_path: Pat
     assert meta["what"] == "z" and load_embeddings(tmp_path / "z.npy").vectors.shape == (16, 128)
 
 
+@pytest.mark.slow
 def test_an_interrupted_embed_resumes_where_it_stopped(trained_run: Path, tiny_folder: Path, tmp_path: Path,  # noqa: F811
                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     whole = embed(trained_run / "encoder.safetensors", str(tiny_folder), tmp_path / "whole.npy", split="train", batch_size=8,
@@ -109,6 +111,7 @@ def test_label_agreement_counts_neighbours_of_the_query_class() -> None:
     assert label_agreement(found, np.array([0, 1]), np.array([0, 1, 1, 1])) == 75.0
 
 
+@pytest.mark.slow
 def test_neighbors_cli_writes_csv_and_grid(embedded: Path, tiny_folder: Path, tmp_path: Path) -> None:
     result = _cli("neighbors", "--embeddings", str(embedded / "train.npy"), "--query-embeddings", str(embedded / "test.npy"),
                   "-k", "3", "--out", str(tmp_path / "nn.csv"), "--grid", str(tmp_path / "grid.png"))
@@ -124,6 +127,7 @@ def test_neighbors_cli_writes_csv_and_grid(embedded: Path, tiny_folder: Path, tm
     assert len(result.stdout.strip().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(embedded: Path, trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
     unreadable = tmp_path / "broken.png"
     unreadable.write_text("not an image")
@@ -155,6 +159,7 @@ def test_unreadable_images_are_skipped_and_listed(trained_run: Path, tiny_folder
     assert written.vectors.shape == (3, 512) and np.isfinite(written.vectors).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("after_rows", [8, 40])
 def test_sigterm_during_embed_then_the_same_command_gives_identical_vectors(after_rows: int, trained_run: Path,  # noqa: F811
                                                                               tiny_folder: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from torchclr.evaluate import accuracy, knn_predict, linear_probe
@@ -29,6 +30,7 @@ def test_accuracy_top_k() -> None:
     assert accuracy(scores, labels, 5) == 100
 
 
+@pytest.mark.slow
 def test_linear_probe_separates_separable_classes_and_not_noise() -> None:
     torch.manual_seed(0)
     centres = torch.randn(4, 16) * 3

@@ -25,6 +25,7 @@ def _eight_images(trained_run: Path) -> tuple[torch.Tensor, torch.Tensor]:  # no
         return images, encoder(images)
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
     onnxruntime = pytest.importorskip("onnxruntime")
     images, expected = _eight_images(trained_run)
@@ -58,6 +59,7 @@ def test_torchvision_state_dict_loads_into_torchvision(trained_run: Path, tmp_pa
     assert "net.fc = torch.nn.Identity()" in json.loads(done.description.read_text())["load"]
 
 
+@pytest.mark.slow
 def test_unknown_format_is_one_line(trained_run: Path) -> None:  # noqa: F811
     result = subprocess.run([sys.executable, "-m", "torchclr", "export", "--checkpoint", str(trained_run / "encoder.safetensors"),
                              "--format", "tflite"], capture_output=True, text=True, timeout=300)

@@ -80,6 +80,7 @@ def test_images_per_pass_follows_the_measured_cost_and_the_free_memory(monkeypat
         finetune_module.images_per_pass(model, 8, 256, cpu, None)
 
 
+@pytest.mark.slow
 def test_images_per_pass_measures_the_real_pass() -> None:
     encoder = ResNetEncoder("resnet18", cifar_stem=True)
     model = finetune_module.Classifier(encoder, 2)

@@ -123,6 +123,7 @@ def test_composes_with_grad_scaler_and_autocast() -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=0.1 * want.abs().max().item())
 
 
+@pytest.mark.slow
 def test_the_automatic_chunk_gives_the_unchunked_loss_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     """--grad-cache-chunk auto on a batch that does not fit: the plan turns caching on, and the step it then runs
     (BN in eval mode) has the loss, gradients and updated weights of the unchunked step."""

@@ -72,6 +72,7 @@ def test_guard_names_the_first_bad_step_and_watches_bn_buffers() -> None:
         guard.check()
 
 
+@pytest.mark.slow
 def test_a_bad_last_update_of_an_epoch_is_never_saved(eight_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture) -> None:
     """The update of step 2 (the epoch's last) writes inf into a weight while its loss, computed before, is finite."""
@@ -97,6 +98,7 @@ def test_a_bad_last_update_of_an_epoch_is_never_saved(eight_images: Path, tmp_pa
     assert not (out / "encoder.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_stops_with_every_checkpoint_finite(eight_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "huge"
     code = _pretrain(eight_images, out, "--epochs", "3", "--save-every-steps", "1", "--optimizer", "sgd",
@@ -176,6 +178,7 @@ def test_full_disk_is_one_line_naming_the_path_with_the_old_checkpoint_intact(tm
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_run(eight_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     _fill_disk_from_save(monkeypatch, after=1)  # the first checkpoint fits, the second does not
     out = tmp_path / "full"
@@ -186,6 +189,7 @@ def test_full_disk_during_a_run(eight_images: Path, tmp_path: Path, monkeypatch:
     assert not list((out / "checkpoints").glob(".*"))
 
 
+@pytest.mark.slow
 def test_free_space_is_checked_before_training(eight_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: SimpleNamespace(free=1 << 20))
@@ -196,6 +200,7 @@ def test_free_space_is_checked_before_training(eight_images: Path, tmp_path: Pat
     assert not (out / "metrics.jsonl").exists()  # not a single step ran
 
 
+@pytest.mark.slow
 def test_sigusr1_saves_mid_epoch_and_the_resumed_run_is_identical(eight_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
     whole = tmp_path / "whole"

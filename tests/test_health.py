@@ -161,6 +161,7 @@ class _CollapsesWhenTold(nn.Module):
         return h * 0 + self.linear.bias if self.collapsed else h
 
 
+@pytest.mark.slow
 def test_stop_on_collapse_ends_the_run_and_keeps_the_last_healthy_weights(tmp_path: Path, tiny_folder: Path,
                                                                          capsys: pytest.CaptureFixture,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,6 +72,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(path)[0]
 
 
+@pytest.mark.slow
 def test_killed_and_terminated_runs_resume_to_identical_weights(sixteen_images: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     assert _start(sixteen_images, reference).wait(timeout=600) == 0

@@ -98,6 +98,7 @@ def test_random_weights_do_not_solve_the_task(random_top1: float) -> None:
     assert random_top1 <= RANDOM_AT_MOST
 
 
+@pytest.mark.slow
 def test_simclr_beats_random_weights_by_a_margin(random_top1: float) -> None:
     trained = [knn_top1(pretrained_encoder(seed)) for seed in SEEDS]
     mean = sum(trained) / len(trained)

@@ -130,6 +130,7 @@ def _state(model: SimCLR) -> list[torch.Tensor]:
     return [t.clone() for t in model.state_dict().values()]
 
 
+@pytest.mark.slow
 @needs_meter
 def test_probing_leaves_the_run_untouched() -> None:
     """The probe steps copies of the model and optimizer, on views from its own random stream."""

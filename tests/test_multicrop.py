@@ -187,6 +187,7 @@ def test_preview_shows_every_view_of_the_first_training_step(tiny_folder: Path) 
     assert originals.shape == (8, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_a_multi_crop_run_trains_and_logs_views_per_second(tmp_path: Path, tiny_folder: Path) -> None:
     out = tmp_path / "run"
     assert main(["pretrain", "--data", str(tiny_folder), "--out-dir", str(out), "--views", "2x16,2x8", "--epochs", "1",

@@ -23,6 +23,7 @@ def test_public_api_and_version() -> None:
     assert (major, minor) >= (0, 2)
 
 
+@pytest.mark.slow
 def test_same_image_alone_and_in_a_batch_gives_the_same_h(trained_run: Path) -> None:
     encoder, transform, info = torchclr.load_encoder(trained_run / "encoder.safetensors")
     assert not encoder.training and info["config"].image_size == 32

@@ -91,6 +91,7 @@ np.load(path)
     assert file_reads("from PIL import Image\nImage.new('RGB', (1, 1))\nnp.save(p, a)\n") == []
 
 
+@pytest.mark.slow
 def test_bomb_among_good_pngs_is_a_counted_skip_when_pretraining(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The reported bug: the header sampler that picks the data mode raised DecompressionBombError."""
     data = _good_folder(tmp_path / "d", 6)
@@ -158,6 +159,7 @@ def test_huge_or_foreign_class_index_in_a_shard_is_one_line(label: bytes, tmp_pa
     assert "s.tar/a.cls" in line and "class index" in line
 
 
+@pytest.mark.slow
 def test_embed_counts_files_dropped_when_listing(trained_run: Path, tmp_path: Path) -> None:  # noqa: F811
     import os
 

@@ -67,6 +67,7 @@ def test_report_of_an_unlabelled_run(tmp_path: Path, tiny_folder: Path) -> None:
     assert f"<td>rank_h</td><td>epoch 1: {rank[0]:.4g}" in page.read_text()  # the table shows the run's own numbers
 
 
+@pytest.mark.slow
 def test_a_folder_without_metrics_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "torchclr", "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()

@@ -79,6 +79,7 @@ def _run(data: Path, out: Path, *extra: str) -> int:
     return main(["pretrain", "--data", str(data), "--out-dir", str(out), *FAST, *extra])
 
 
+@pytest.mark.slow
 def test_resume_across_a_stage_change_is_exact(tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """8 steps (4 per epoch): 8 px for steps 1-2, 12 px for 3-6, 16 px for 7-8. Stopped after epoch 1 (step 4) and
     resumed, the run crosses the 12 -> 16 px change and writes the same epoch-2 checkpoint as a run never stopped."""

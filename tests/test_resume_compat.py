@@ -41,6 +41,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     return data, _encoder(root / "fresh")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["epoch-0001.safetensors", "epoch-0001-step-00000003.safetensors"])
 def test_an_old_lambdalr_checkpoint_resumes_bitwise(uninterrupted: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path,
                                                     name: str) -> None:
@@ -58,6 +59,7 @@ def test_an_old_lambdalr_checkpoint_resumes_bitwise(uninterrupted: tuple[Path, d
     assert all(torch.allclose(resumed[k], old[k], rtol=1e-5, atol=1e-6) for k in old)
 
 
+@pytest.mark.slow
 def test_an_old_checkpoint_without_head_shift_is_one_line(tmp_path: Path) -> None:
     """Today's default head has no learnt shift; a 0.2 run resumed without --head-shift is told how to resume it."""
     from torchclr.errors import UserError

@@ -242,6 +242,7 @@ def test_view_size_defaults_from_the_images() -> None:
     assert plan.default_image_size([(375, 500), (32, 32), (400, 300)]) == 224  # the median decides
 
 
+@pytest.mark.slow
 def test_sgd_probe_agrees_with_lbfgs_on_a_separable_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(4, 16, generator=generator) * 3

@@ -67,6 +67,7 @@ def step_parts(folder: Path, device: torch.device) -> tuple[Iterator[tuple[torch
     return views.epoch(0), ctx
 
 
+@pytest.mark.slow
 def test_a_fast_path_step_makes_no_synchronising_call(mixed_folder: Path) -> None:
     batches, ctx = step_parts(mixed_folder, torch.device("cpu"))
     training_step(ctx, *next(batches))  # the epoch's start (its one copy of the order) is outside the step

@@ -84,6 +84,7 @@ SHARE_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("case", SHARE_CASES)
 def test_each_op_is_applied_to_its_share_of_views(implementation: str, case: str) -> None:

@@ -65,6 +65,7 @@ def test_batched_views_draw_every_parameter_independently(monkeypatch: pytest.Mo
         assert_uncorrelated(name, drawn[name][:n], drawn[name][n:])
 
 
+@pytest.mark.slow
 def test_per_image_views_draw_every_parameter_independently(monkeypatch: pytest.MonkeyPatch) -> None:
     """`TwoViews(view_transform(spec))`, the per-image reference: the crop of every view, and the jitter factors
     where both views were jittered (torchvision draws them only then)."""
