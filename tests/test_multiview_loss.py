@@ -130,21 +130,13 @@ def test_large_anchors_differ_from_all_anchors() -> None:
 
 
 @pytest.mark.parametrize("views", (3, 4))
-def test_nt_logistic_multi_view_matches_naive_loop(views: int) -> None:
+@pytest.mark.parametrize("loss", ("nt_logistic", "margin_triplet"))
+def test_other_losses_over_several_views_match_naive_loops(loss: str, views: int) -> None:
     n = 4
     z = view_major(n, views, seed=views, dtype=torch.float64)
-    got, got_grad = value_and_grad(build_loss("nt_logistic", 0.2, 0.5, views=views), z)
-    expected, expected_grad = value_and_grad(lambda x: naive_nt_logistic(x, n, 0.2), z)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-9, atol=1e-12)
-
-
-@pytest.mark.parametrize("views", (3, 4))
-def test_margin_triplet_multi_view_matches_naive_loop(views: int) -> None:
-    n = 4
-    z = view_major(n, views, seed=views, dtype=torch.float64)
-    got, got_grad = value_and_grad(build_loss("margin_triplet", 0.2, 0.5, views=views), z)
-    expected, expected_grad = value_and_grad(lambda x: naive_margin_triplet(x, n, 0.5), z)
+    naive = {"nt_logistic": lambda x: naive_nt_logistic(x, n, 0.2), "margin_triplet": lambda x: naive_margin_triplet(x, n, 0.5)}
+    got, got_grad = value_and_grad(build_loss(loss, 0.2, 0.5, views=views), z)
+    expected, expected_grad = value_and_grad(naive[loss], z)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got_grad, expected_grad, rtol=1e-9, atol=1e-12)
 
