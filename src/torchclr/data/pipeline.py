@@ -91,8 +91,9 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
     say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
     augment = batch_augment(config, ablation)
-    if config.resolution() is not None:
-        say(config.resolution().describe())
+    schedule = config.resolution()
+    if schedule is not None:
+        say(schedule.describe())
     if plan.mode != "stream":
         return BatchedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, rank=rank, world=world,
                             cache_dir=config.cache_dir, stored_size=stored, augment=augment)
