@@ -296,6 +296,11 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
             return None
         return views
 
+    def views_per_image(self) -> int:
+        """Two, or every multi-crop view."""
+        views = self.multi_crop()
+        return 2 if views is None else views.views
+
     def anchor_views(self) -> int | None:
         """The loss's anchor views: None (all), or the large views with --view-anchors large."""
         views = self.multi_crop()

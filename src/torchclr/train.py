@@ -77,10 +77,6 @@ class Pretraining:
     device: torch.device
     collapsed: bool = False  # --stop-on-collapse saw a collapse: the run ends after this epoch
 
-    @property
-    def views_per_image(self) -> int:
-        views = self.config.multi_crop()
-        return 2 if views is None else views.views
 
     @property
     def main(self) -> bool:
@@ -223,7 +219,7 @@ class Pretraining:
 def train_one_epoch(job: Pretraining, position: Position, stop: StopSignals) -> EpochMeter:
     """The steps of epoch `position.epoch` from `position.epoch_step` on, until its end or the run's."""
     meter = EpochMeter(epoch=position.epoch, steps_per_epoch=job.views.steps_per_epoch, start_step=position.epoch_step,
-                       images_per_step=job.views.batch_size, views_per_image=job.views_per_image, device=job.device,
+                       images_per_step=job.views.batch_size, views_per_image=job.config.views_per_image(), device=job.device,
                        show=job.config.progress and job.main)
     job.views.set_step(position.step, job.length.total_steps)
     for views in job.views.epoch(position.epoch, position.epoch_step):
@@ -325,7 +321,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     crops = config.multi_crop()
     ctx = StepContext(model=forward_model, optimizer=optimizer, device=device, dtype=dtype, channels_last=config.channels_last,
                       loss_fn=build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize,
-                                         views=crops.views if crops is not None else 2, anchor_views=config.anchor_views()),
+                                         views=config.views_per_image(), anchor_views=config.anchor_views()),
                       scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
     plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
                                    config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0,
