@@ -76,8 +76,9 @@ def process_group(device: torch.device, timeout_s: float) -> Iterator[None]:
 
 
 def _is_communication_failure(err: BaseException) -> bool:
-    """gloo reports a dead or silent peer as a plain RuntimeError; its messages name the library."""
-    return isinstance(err, dist.DistError) or any(word in str(err) for word in ("gloo", "NCCL"))
+    """gloo reports a dead or silent peer as a plain RuntimeError; its messages name the library or, from a
+    collective inside DDP's forward, only the closed connection ("Application timeout caused pair closure")."""
+    return isinstance(err, dist.DistError) or any(word in str(err) for word in ("gloo", "NCCL", "pair closure"))
 
 
 def _reason(err: BaseException) -> str:
