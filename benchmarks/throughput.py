@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchclr.config import PretrainConfig
-from torchclr.data.loaders import BatchedViews, default_workers
+from torchclr.data.loaders import BatchedViews
+from torchclr.runtime import default_workers
 from torchclr.data.pipeline import batch_augment, stored_side
 from torchclr.data.sources import ImageSet, open_images
 from torchclr.loss import build_loss

@@ -28,7 +28,7 @@ import torch
 
 from torchclr.budget import format_duration, parse_duration
 from torchclr.config import PretrainConfig
-from torchclr.data.loaders import default_workers
+from torchclr.runtime import default_workers
 from torchclr.data.sources import open_images
 from torchclr.evaluate.monitor import LabelledEval, evaluate_encoders
 from torchclr.models import build_encoder

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,32 @@ def test_torchvision_cifar10_reads_local_files(tmp_path: Path) -> None:
     assert train.tensor is not None and train.tensor.shape == (20, 3, 32, 32)
     with pytest.raises(UserError, match="cifar10"):
         open_images(f"cifar10:{tmp_path / 'nothing'}", "train")
+
+
+def test_large_sets_decode_in_worker_processes_with_the_same_pixels_and_skips(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above PARALLEL_FROM images, DataLoader workers decode: every row equals image i decoded alone, both for the
+    square evaluation views and the padded training store, and broken files are skipped and named either way."""
+    from torchclr.data import cache
+
+    monkeypatch.setattr(cache, "PARALLEL_FROM", 10)
+    rng = np.random.default_rng(0)
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for i in range(40):
+            buffer = io.BytesIO()
+            size = (12, 8) if i % 3 else (8, 8)
+            Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(buffer, "PNG")
+            handle.writestr(f"train/a/{i:03d}.png", buffer.getvalue() if i not in (5, 17) else b"not an image")
+    held = materialize(open_images(str(archive), "train"), 8)
+    padded = cache.materialize_padded(open_images(str(archive), "train"), 12)
+    for result in (held, padded):
+        assert sorted(bad.where.rsplit("/", 1)[-1] for bad in result.skipped.entries) == ["005.png", "017.png"]
+        assert len(result) == 38 and "005.png" not in [n.rsplit("/", 1)[-1] for n in result.names]
+    source = open_images(str(archive), "train")
+    for row, name in enumerate(held.names):
+        alone = source.image(list(source.names).index(name))
+        assert torch.equal(held.tensor[row], square(alone, 8))
+        height, width = padded.sizes[row].tolist()
+        assert torch.equal(padded.tensor[row, :, :height, :width], alone)
+        assert padded.tensor[row, :, height:, :].sum() == 0 and padded.tensor[row, :, :, width:].sum() == 0

@@ -82,8 +82,7 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, *, split: str = "t
           batch_size: int = 256, workers: int | None = None, device: str = "auto", precision: str = "fp32",
           download: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write h (or z = g(h) with `projection`) of every image of `data` to `out`; returns the sidecar's content."""
-    from torchclr.data.loaders import default_workers
-    from torchclr.runtime import autocast_dtype, resolve_device
+    from torchclr.runtime import autocast_dtype, default_workers, resolve_device
 
     out_path, sidecar = output_paths(out)
     if out_path.suffix == ".parquet":

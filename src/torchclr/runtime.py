@@ -20,6 +20,11 @@ from torchclr.errors import UserError
 from torchclr.models.encoders import layer4_input_side, uses_cifar_stem
 
 
+def default_workers() -> int:
+    """DataLoader worker processes: one core left to the main process, at most 8 (more rarely pays)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' and 'cuda' mean this process's GPU (torchrun's LOCAL_RANK; 0 in a single process); 'cuda:1' is taken as said."""
     if name == "auto":

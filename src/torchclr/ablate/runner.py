@@ -278,7 +278,7 @@ def knn_scores(networks: dict[str, Any], subset: Path, image_size: int, device_n
     scores = {}
     for key, network in networks.items():
         train, test = labelled.features(network.to(device), device)
-        predicted = knn_predict(train, labelled.train.labels, test, labelled.num_classes)
+        predicted = knn_predict(train, labelled.train.labels, test, labelled.num_classes, device=device)
         scores[key] = round(accuracy(predicted, labelled.test.labels), 2)
     return scores
 

@@ -15,22 +15,24 @@ import math
 import os
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from torch.utils.data import DataLoader, Dataset
 from torchclr.data.reader import header_size, load_array
 from torchclr.data.skips import BadFile
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
+from torchclr.runtime import default_workers
 from torchclr.transforms.centre import square
 
 STORED_SIZE_MULTIPLE = 8  # stored sides are rounded up to this
 STORED_SIZE_MAX_FACTOR = 4  # and never exceed this many view sides, whatever the smallest crop scale
+PARALLEL_FROM = 2_000  # images: below this, starting worker processes costs more than it saves
 
 
 def default_stored_size(image_size: int, crop_scale: tuple[float, float]) -> int:
@@ -91,14 +93,13 @@ def materialize_padded(images: ImageSet, side: int, cache_dir: str | Path | None
         if held is not None:
             tensor, sizes, bad = held
             return _without(images, tensor, bad, _sizes_or_none(sizes, tensor.shape[-1]))
-    shapes: list[tuple[int, int]] = []
+    shapes = [(1, 1)] * len(images)
     bad: list[BadFile] = []
-    for index in range(len(images)):
-        try:
-            shapes.append(fitted_shape(*_header_shape(images, index), side))
-        except BadFile as err:
-            _record(images, bad, err)
-            shapes.append((1, 1))
+    for index, shape in each_image(images, _header_shape, range(len(images))):
+        if isinstance(shape, BadFile):
+            _record(images, bad, shape)
+        else:
+            shapes[index] = fitted_shape(*shape, side)
     sizes = torch.tensor(shapes, dtype=torch.int32)
     padded_side = int(sizes.max())
     skip = {entry.where for entry in bad}
@@ -135,20 +136,72 @@ def _decode_all_padded(images: ImageSet, side: int, out: torch.Tensor, skip: set
     """Decode image i, fit it within `side` and write it top-left into out[i] (whose padding must be zero);
     returns the files that failed (their rows stay zero). Files in `skip` are already known to be bad."""
     bad: list[BadFile] = []
-
-    def decode(index: int) -> None:
-        if f"{images.origin}/{images.names[index]}" in skip:
-            return
-        try:
-            image = fit_within(images.image(index), side)
-        except BadFile as err:
-            _record(images, bad, err)
-            return
-        out[index, :, : image.shape[-2], : image.shape[-1]] = image
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(decode, range(len(images))))  # PIL releases the GIL while decoding
+    wanted = [i for i in range(len(images)) if f"{images.origin}/{images.names[i]}" not in skip]
+    for index, image in each_image(images, _FittedImage(side), wanted):
+        if isinstance(image, BadFile):
+            _record(images, bad, image)
+        else:
+            out[index, :, : image.shape[-2], : image.shape[-1]] = torch.from_numpy(image)
     return bad
+
+
+class _FittedImage:
+    """Image i fitted within `side`, as a numpy array (pickled back from a worker by value, not one shared-memory
+    file per image)."""
+
+    def __init__(self, side: int) -> None:
+        self.side = side
+
+    def __call__(self, images: ImageSet, index: int) -> np.ndarray:
+        return fit_within(images.image(index), self.side).numpy()
+
+
+class _SquareImage(_FittedImage):
+    """Image i as a square centre view of side `side` (see `transforms.centre.square`)."""
+
+    def __call__(self, images: ImageSet, index: int) -> np.ndarray:
+        return square(images.image(index), self.side).numpy()
+
+
+class _PerImage(Dataset):
+    """`work(images, i)` for image i, in a DataLoader worker; a bad file comes back as its (where, kind, detail)."""
+
+    def __init__(self, images: ImageSet, work: Callable[[ImageSet, int], Any]) -> None:
+        self.images, self.work = images, work
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, tuple[str, str, str] | None]:
+        try:
+            return index, self.work(self.images, index), None
+        except BadFile as err:  # rebuilt by the caller: an exception pickles with its message alone
+            return index, None, (err.where, err.kind, err.detail)
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def each_image(images: ImageSet, work: Callable[[ImageSet, int], Any],
+               indices: range | list[int]) -> Iterator[tuple[int, Any]]:
+    """(i, work(images, i)) for every i of `indices`, or (i, BadFile) where image i is broken.
+
+    A large set is worked on by processes (DataLoader workers; the zip and shard readers reopen their files in
+    each): PIL decodes a small JPEG in a fraction of a millisecond, so threads spend their time on the GIL.
+    """
+    if len(indices) < PARALLEL_FROM:
+        for index in indices:
+            try:
+                yield index, work(images, index)
+            except BadFile as err:
+                yield index, err
+        return
+    loader = DataLoader(_PerImage(images, work), batch_size=256, sampler=list(indices), collate_fn=_as_list,
+                        num_workers=default_workers())
+    for batch in loader:
+        for index, result, error in batch:
+            yield index, result if error is None else BadFile(*error)
 
 
 def _cache_file(images: ImageSet, side: int, cache_dir: str | Path | None) -> Path | None:
@@ -291,18 +344,13 @@ def _load_square_cache(path: Path, count: int, size: int) -> tuple[torch.Tensor,
 
 
 def _decode_all(images: ImageSet, size: int) -> tuple[torch.Tensor, list[BadFile]]:
-    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8)
     bad: list[BadFile] = []
-
-    def decode(index: int) -> None:
-        try:
-            out[index] = square(images.image(index), size)
-        except BadFile as err:
-            out[index] = 0
-            _record(images, bad, err)
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(decode, range(len(images))))  # PIL releases the GIL while decoding
+    for index, image in each_image(images, _SquareImage(size), range(len(images))):
+        if isinstance(image, BadFile):
+            _record(images, bad, image)
+        else:
+            out[index] = torch.from_numpy(image)
     return out, sorted(bad, key=lambda b: b.where)
 
 

@@ -8,7 +8,6 @@ Both draw the images of an epoch with a DistributedSampler (one shard per proces
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from typing import Iterator, Protocol
 
@@ -19,6 +18,7 @@ from torchclr import distributed
 from torchclr.data.cache import default_stored_size, materialize_padded
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
+from torchclr.runtime import default_workers
 from torchclr.transforms import AugmentSpec, BatchAugment, StagedAugment, TwoViews, view_transform
 from torchclr.transforms.batched import MultiCropAugment
 from torchclr.transforms.multicrop import MultiCrop
@@ -141,10 +141,6 @@ class _TwoViewDataset(Dataset):
 
     def __getitem__(self, index: int) -> ViewPair:
         return self.views(self.images.image(index))
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 class PerImageViews:

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from torchclr.data.cache import fit_within, pad_to
 from torchclr.data.device_decode import EncodedJpeg, decode_on_device, worth_decoding_on_device
-from torchclr.data.loaders import Views, default_workers, epoch_sampler, view_generator
+from torchclr.data.loaders import Views, epoch_sampler, view_generator
+from torchclr.runtime import default_workers
 from torchclr.data.reader import decode_image
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError

@@ -15,10 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from torchclr.data.cache import materialize
-from torchclr.data.loaders import default_workers
 from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
-from torchclr.runtime import resolve_dtype
+from torchclr.runtime import default_workers, resolve_dtype
 from torchclr.transforms.centre import centre_crop, centre_view, stored_side
 
 

@@ -115,7 +115,8 @@ class LabelledEval:
         bank = bank_indices(len(self.train), bank_size or len(self.train), seed)
         train = self.train.features(encoder, device, bank, self.batch_size)
         test = self.test.features(encoder, device, batch_size=self.batch_size)
-        scores = knn_predict(train, self.train.labels[bank], test, self.num_classes, k, temperature, self.knn_chunk)
+        scores = knn_predict(train, self.train.labels[bank], test, self.num_classes, k, temperature, self.knn_chunk,
+                             device=device)
         return accuracy(scores, self.test.labels)
 
 
@@ -166,7 +167,7 @@ def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], de
                 results[name] = asdict(linear_probe(train, labelled.train.labels, test, labelled.test.labels, labelled.num_classes))
             else:
                 scores = knn_predict(train, labelled.train.labels, test, labelled.num_classes, knn_k, knn_temperature,
-                                     labelled.knn_chunk)
+                                     labelled.knn_chunk, device=device)
                 results[name] = {"top1": accuracy(scores, labelled.test.labels, 1), "top5": accuracy(scores, labelled.test.labels, 5)}
         results[name]["protocol"] = protocol
     return results

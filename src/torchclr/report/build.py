@@ -166,7 +166,8 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
         in_bank = bank_indices(len(labelled.train), config.knn_bank_size, config.seed)  # the monitor's own bank
         train, test = labelled.train.features(encoder, target, in_bank), labelled.test.features(encoder, target)
         train_labels, test_labels = labelled.train.labels[in_bank], labelled.test.labels
-        scores = knn_predict(train, train_labels, test, labelled.num_classes, config.knn_k, config.knn_temperature)
+        scores = knn_predict(train, train_labels, test, labelled.num_classes, config.knn_k, config.knn_temperature,
+                             device=target)
         classes = open_images(labelled.origin, "train").classes
         correct = scores.argmax(1) == test_labels
         per_class = {name: 100.0 * correct[test_labels == c].float().mean().item() for c, name in enumerate(classes)}
