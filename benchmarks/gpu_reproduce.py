@@ -115,7 +115,7 @@ def summarise(run: Path, work: Path, steps: dict[str, int], data: str, train_sec
         "pairs_per_s_logged_median": round(statistics.median(logged)) if logged else None,
         "pairs_per_s_overall": round(steps_done * batch / training_s) if batch and training_s > 0 and steps_done else None,
         "knn_curve": [{"epoch": r["epoch"], "knn_top1": r["knn_top1"]} for r in epochs if "knn_top1" in r],
-        "final_knn_top1": _top1(work / "knn.json"),
+        "final_knn_top1": _top1(work / "knn.json") if (work / "knn.json").is_file() else _last_monitor(epochs),
         "final_linear_top1": _top1(work / "linear.json"),
         "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -130,6 +130,12 @@ def summarise(run: Path, work: Path, steps: dict[str, int], data: str, train_sec
     if pieces:
         summary["encoder_pieces"] = pieces
     return summary
+
+
+def _last_monitor(epochs: list[dict[str, Any]]) -> float | None:
+    """The kNN the run's monitor logged after its last step (the same protocol as `evaluate --protocol knn` with
+    the full bank), where no separate evaluation ran."""
+    return epochs[-1].get("knn_top1") if epochs else None
 
 
 def _shown(value: Any, unit: str = "") -> str:

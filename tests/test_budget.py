@@ -160,3 +160,20 @@ def test_a_budget_too_short_for_one_step(tmp_path: Path, tiny_folder: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "--time-budget 0.001s is too short for one step" in lines[0], lines
+
+
+@pytest.mark.parametrize("every, position, complete, done, due", [
+    (10, (9, 0, 970), True, False, True),     # the 10th complete epoch
+    (10, (10, 0, 1067), True, False, False),  # the 11th
+    (10, (162, 17, 15731), False, True, True),  # a time budget ends mid-epoch 163: the final kNN is logged
+    (10, (12, 5, 1169), False, False, False),  # an interrupted (not finished) epoch
+    (0, (162, 17, 15731), False, True, False),  # --knn-every 0: never
+])
+def test_the_monitor_runs_every_n_epochs_and_after_the_last_step(every: int, position: tuple[int, int, int],
+                                                                 complete: bool, done: bool, due: bool) -> None:
+    from types import SimpleNamespace
+
+    from torchclr.train import Position, Pretraining
+
+    job = SimpleNamespace(monitor_every=every, length=SimpleNamespace(done=lambda step: done))
+    assert Pretraining.monitor_due(job, Position(*position), complete=complete) is due  # type: ignore[arg-type]

@@ -142,7 +142,7 @@ class Pretraining:
         record: dict[str, Any] = {"step": position.step, "epoch": position.epoch + 1, "epoch_loss": meter.close()}
         if self.config.skip_nonfinite_steps:
             record["skipped_steps"] = self.guard.skipped
-        if meter.complete and self.monitor_due(position):
+        if self.monitor_due(position, complete=meter.complete):
             assert self.labelled is not None
             record["knn_top1"] = self.labelled.knn_top1(self.model.encoder, self.device, self.config.knn_k,
                                                         self.config.knn_temperature, self.config.knn_bank_size,
@@ -168,11 +168,12 @@ class Pretraining:
         distributed.barrier()  # the others wait here while rank 0 saves
         return record
 
-    def monitor_due(self, position: Position) -> bool:
-        """The kNN monitor runs every --knn-every epochs and after the last of a fixed number of epochs."""
+    def monitor_due(self, position: Position, *, complete: bool) -> bool:
+        """The kNN monitor runs every --knn-every complete epochs and after the run's last step (also where a time
+        budget ends mid-epoch), so that every finished run logs its final kNN."""
         every = self.monitor_every
-        last = self.length.epochs is not None and self.length.done(position.step)
-        return bool(every) and ((position.epoch + 1) % every == 0 or last)
+        periodic = complete and (position.epoch + 1) % every == 0 if every else False
+        return bool(every) and (periodic or self.length.done(position.step))
 
     def start_fresh(self) -> Position:
         """A new run: the encoder from --init's weights if given, and room for checkpoints (checked now rather
