@@ -30,6 +30,46 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]
 
 
+def test_a_background_write_holds_the_tensors_of_the_moment_it_was_asked_for(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training goes on while a checkpoint is written: the file holds the values at `save_atomically`, not the
+    ones the next step writes in place; the write runs in another thread; `wait` returns once it is on disk."""
+    import threading
+
+    from torchclr.writer import BackgroundWrites
+
+    release, threads = threading.Event(), []
+    real_write = checkpoint._write
+
+    def slow_write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        threads.append(threading.current_thread())
+        release.wait(10)
+        real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(checkpoint, "_write", slow_write)
+    writes, weights, path = BackgroundWrites(), torch.arange(4.0), tmp_path / "ck.safetensors"
+    checkpoint.save_atomically({"w": weights}, {"epoch": 1}, path, writes=writes)
+    weights.add_(100)  # the next optimiser step, in place, while the write is pending
+    assert not path.exists()
+    release.set()
+    writes.wait()
+    assert torch.equal(checkpoint.load(path)[0]["w"], torch.arange(4.0))
+    assert threads and threads[0] is not threading.main_thread()
+
+
+def test_a_background_write_error_is_raised_at_the_next_wait(tmp_path: Path) -> None:
+    from torchclr.writer import BackgroundWrites
+
+    writes = BackgroundWrites()
+    (tmp_path / "file").write_text("in the way")
+    checkpoint.save_atomically({"w": torch.ones(2)}, {}, tmp_path / "ck.safetensors", writes=writes)
+    writes.submit(lambda: checkpoint._write(tmp_path / "file" / "under-a-file.safetensors", {"w": torch.ones(1)}, {}))
+    with pytest.raises(UserError, match="cannot write checkpoint .*under-a-file"):
+        writes.wait()
+    assert checkpoint.load(tmp_path / "ck.safetensors")[0]["w"].sum() == 2  # the write before it landed
+    writes.wait()  # the error is raised once
+
+
 def test_foreign_and_broken_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         checkpoint.load(tmp_path / "nope.safetensors")

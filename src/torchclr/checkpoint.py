@@ -14,6 +14,8 @@ import json
 import random
 import shutil
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from torch import nn
 
 from torchclr.errors import UserError
 from torchclr.guard import all_finite
-from torchclr.writer import bytes_writer, remove_stale_temporaries as remove_stale_writes, replace_file
+from torchclr.writer import BackgroundWrites, bytes_writer, remove_stale_temporaries as remove_stale_writes, replace_file
 
 FORMAT = "torchclr-checkpoint-v1"
 MAX_HEADER_BYTES = 16 << 20  # torchclr's own headers are a few KiB; a larger one is not ours (or is hostile)
@@ -37,26 +39,46 @@ class NonFiniteCheckpoint(UserError):
     """A checkpoint would hold NaN or infinity: it is not written, so the last one on disk stays good."""
 
 
-def save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path) -> None:
+def save_atomically(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path, *,
+                    writes: BackgroundWrites | None = None) -> None:
     """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves half a checkpoint.
 
     Every floating tensor is checked first (a non-finite one is refused), and a full disk is one line naming
-    the path, with whatever was at `path` before left intact.
+    the path, with whatever was at `path` before left intact. With `writes`, the file is serialised now and written
+    in its thread (`writes.wait()` says when it is on disk).
     """
     path = Path(path)
-    tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
     floating = {key: value for key, value in tensors.items() if value.is_floating_point()}
     if not all_finite(list(floating.values())):
         bad = next(key for key, value in floating.items() if not torch.isfinite(value).all())
         raise NonFiniteCheckpoint(f"refusing to write checkpoint {path}: tensor {bad} holds NaN or infinity")
-    data = save(tensors, metadata={"format": FORMAT, "json": json.dumps(metadata)})
-    try:
+    # a copy of this moment's values (training changes them in place while a background write serialises them)
+    snapshot = {key: value.detach().to("cpu", memory_format=torch.contiguous_format, copy=writes is not None)
+                for key, value in tensors.items()}
+    size = sum(value.numel() * value.element_size() for value in snapshot.values())
+    with _one_line_errors(path, size):
         path.parent.mkdir(parents=True, exist_ok=True)
-        check_free_space(path.parent, len(data), f"checkpoint {path}")
+        check_free_space(path.parent, size, f"checkpoint {path}")
+    metadata_text = {"format": FORMAT, "json": json.dumps(metadata)}
+    if writes is None:
+        _write(path, snapshot, metadata_text)
+    else:
+        writes.submit(lambda: _write(path, snapshot, metadata_text))
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    data = save(tensors, metadata=metadata)
+    with _one_line_errors(path, len(data)):
         replace_file(path, bytes_writer(data))
+
+
+@contextmanager
+def _one_line_errors(path: Path, size: int) -> Iterator[None]:
+    try:
+        yield
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"no space left on the device to write checkpoint {path} ({len(data) / 2**20:.1f} MiB); "
+            raise UserError(f"no space left on the device to write checkpoint {path} ({size / 2**20:.1f} MiB); "
                             "the previous checkpoint is intact: free some space and continue with --resume") from None
         raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
 
@@ -195,9 +217,12 @@ def save_training(
     info: dict[str, Any],
     scaler: torch.amp.GradScaler | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    *,
+    writes: BackgroundWrites | None = None,
 ) -> None:
     """Everything `--resume` needs; `info` carries the config, the architecture and the epoch/step,
-    `extra_tensors` whatever else the caller restores itself (e.g. each process's RNG state)."""
+    `extra_tensors` whatever else the caller restores itself (e.g. each process's RNG state); `writes`: see
+    `save_atomically`."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_meta = rng_state(augment_generator)
@@ -209,7 +234,7 @@ def save_training(
         rng=rng_meta,
         scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     )
-    save_atomically({**tensors, **optim_tensors, **rng_tensors, **(extra_tensors or {})}, metadata, path)
+    save_atomically({**tensors, **optim_tensors, **rng_tensors, **(extra_tensors or {})}, metadata, path, writes=writes)
 
 
 def model_tensors(tensors: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:

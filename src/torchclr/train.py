@@ -15,7 +15,7 @@ import dataclasses
 import math
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from torchclr.runlog import RunLog, prepare_run_folder
 from torchclr.runtime import autocast_dtype, resolve_device, say, seed_everything, training_dtype, wrap_for_training
 from torchclr.step import StepContext, training_step
 from torchclr.transforms.ablation import AblationOps
+from torchclr.writer import BackgroundWrites
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Pretraining:
     peak_lr: float
     device: torch.device
     collapsed: bool = False  # --stop-on-collapse saw a collapse: the run ends after this epoch
+    writes: BackgroundWrites = field(default_factory=BackgroundWrites)  # checkpoints written beside training
 
 
     @property
@@ -117,21 +119,31 @@ class Pretraining:
         return bool(every) and position.step % every == 0 and position.epoch_step < self.views.steps_per_epoch
 
     def save(self, position: Position) -> Path:
-        """Everything --resume needs, at an epoch's end (epoch_step 0) or mid-epoch; never a non-finite state."""
+        """Everything --resume needs, at an epoch's end (epoch_step 0) or mid-epoch; never a non-finite state.
+        The file is written in the background: `flush()` before anything reads it."""
         self.guard.check()
         augment_states = _augment_states(self.views)
         mid_epoch = position.epoch_step > 0
         path = self.run.checkpoint_path(position.epoch, position.step if mid_epoch else None)
         if self.main:
+            self.flush()
             info = {"config": config_as_json(self.config), "model": model_description(self.config), "epoch": position.epoch,
                     "step": position.step, "epoch_step": position.epoch_step, "budget": self.length.state()}
             checkpoint.save_training(path, self.model, self.ctx.optimizer, self.peak_lr, self.views.generator, info,
-                                     self.ctx.scaler, augment_states)
-            self.run.prune(self.config.keep_checkpoints)
+                                     self.ctx.scaler, augment_states, writes=self.writes)
         return path
+
+    def flush(self) -> None:
+        """The last checkpoint on disk (its write error, if any, raised here) and the older ones pruned."""
+        self.writes.wait()
+        if self.main:
+            self.run.prune(self.config.keep_checkpoints)
 
     def interrupted(self, stop: StopSignals, position: Position) -> Interrupted:
         path = self.save(position)
+        self.flush()
+        if self.main:
+            self.run.plot(force=True)
         distributed.barrier()
         return Interrupted(stop.received or signal.SIGTERM, f"stopped by {stop.name() or 'a signal on another process'} "
                            f"at step {position.step} (epoch {position.epoch + 1}, step {position.epoch_step} of "
@@ -154,11 +166,13 @@ class Pretraining:
         if self.main:
             self.run.log(record)
         if verdict is not None and verdict.stop:  # --stop-on-collapse: the collapsed state is not saved
+            self.flush()
             say(restore_last_healthy(self.model, self.run.latest_checkpoint(), position.epoch + 1))
             self.collapsed = True
         else:
             saved = self.save(Position(position.epoch + 1, 0, position.step) if meter.complete else position)
             if verdict is not None and verdict.best and self.main:
+                self.flush()
                 keep_as_best(saved, self.run.dir)
         if self.main:
             self.run.plot()
@@ -277,6 +291,7 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
         if job.main:
             job.run.log({"step": position.step, **job.length.report()})
     job.guard.check()
+    job.flush()
     if job.main:
         save_encoder(job.run.dir / "encoder.safetensors", job.model, job.config)
     if job.labelled is not None and config.final_report:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -126,6 +127,25 @@ def write_atomically(path: str | Path, write: Callable[[Path], None], *, what: s
         return replace_file(path, write, check)
     except OSError as err:
         raise UserError(describe_error(err, Path(path), what)) from None
+
+
+class BackgroundWrites:
+    """One file write at a time in a thread beside the caller: a checkpoint is written and fsynced while training
+    goes on (on a GPU an epoch of CIFAR-10 takes 2 s and a ResNet-18 checkpoint's write half a second). Every new
+    write first waits for the last; `wait()` returns once it is on disk and re-raises its error (one line)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchclr-write")
+        self._pending: Future[None] | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(job)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
 def bytes_writer(data: bytes) -> Callable[[Path], None]:
