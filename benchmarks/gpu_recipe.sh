@@ -25,13 +25,14 @@ declare -A GRID=(
     [crop0.2+wd5e-4]="--crop-scale 0.2,1 --weight-decay 5e-4"
     [sgd]="--optimizer sgd --lr 0.03 --weight-decay 5e-4 --crop-scale 0.2,1"  # dkobak: SGD 0.03 x B/256
     [t0.2]="--temperature 0.2"
+    [head3]="--head-layers 3"                              # the official code's default num_proj_layers
     [lr2]="--lr 2.0"
     [b1024]="--batch-size 1024"
     [b256]="--batch-size 256"
     [sqrt]="--lr-scaling sqrt --lr 0.075"                  # the official ImageNet rule (lr 0.075 x sqrt(B))
     [s1.0]="--jitter-strength 1.0"
 )
-ORDER=(base crop0.2 wd5e-4 crop0.2+wd5e-4 sgd t0.2 lr2 b1024 b256 sqrt s1.0)
+ORDER=(base crop0.2 wd5e-4 crop0.2+wd5e-4 sgd t0.2 head3 lr2 b1024 b256 sqrt s1.0)
 
 if [ "$SMOKE" = 1 ]; then
     DATA=${DATA:-sample}

@@ -129,7 +129,7 @@ def test_recipe_smoke_ranks_the_cells_it_ran(tmp_path: Path) -> None:
 def test_recipe_unknown_cell_is_one_line(tmp_path: Path) -> None:
     done = run_script(RECIPE, tmp_path / "out", SMOKE="1", CELLS="nope", WORK=str(tmp_path / "work"))
     assert [line for line in done.stdout.splitlines() if "unknown cell" in line] == [
-        "gpu_recipe: unknown cell nope (known: base crop0.2 wd5e-4 crop0.2+wd5e-4 sgd t0.2 lr2 b1024 b256 sqrt s1.0): skipped"]
+        "gpu_recipe: unknown cell nope (known: base crop0.2 wd5e-4 crop0.2+wd5e-4 sgd t0.2 head3 lr2 b1024 b256 sqrt s1.0): skipped"]
     assert json.loads((tmp_path / "out" / "recipe.json").read_text()) == []
 
 
