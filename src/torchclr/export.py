@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from torchclr.errors import UserError
+from torchclr.models.channels import RGB
 from torchclr.models.encoders import Encoder, is_resnet_arch
 from torchclr.pretrained import load_encoder
 from torchclr.transforms.centre import stored_side
@@ -42,11 +43,12 @@ class Exported:
 
 def preprocessing(encoder: Encoder, image_size: int) -> dict[str, Any]:
     """The input the exported encoder expects, in words a non-Python runtime can follow."""
+    channels = encoder.in_channels
     return {
-        "input": {"name": "images", "layout": "NCHW", "channels": "RGB", "dtype": "float32", "range": [0.0, 1.0],
-                  "shape": ["batch", 3, image_size, image_size]},
+        "input": {"name": "images", "layout": "NCHW", "channels": "RGB" if channels == RGB else f"{channels} bands",
+                  "dtype": "float32", "range": [0.0, 1.0], "shape": ["batch", channels, image_size, image_size]},
         "resize_shorter_side": stored_side(image_size), "center_crop": image_size,
-        "scale": "pixel / 255", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+        "scale": "pixel / 255 (16-bit: pixel / 65535)", "mean": [0.0] * channels, "std": [1.0] * channels,
         "output": {"name": "h", "shape": ["batch", encoder.feature_dim]},
     }
 
@@ -70,7 +72,7 @@ def output_file(checkpoint: str | Path, format: str, out: str | Path | None) -> 
 def export(checkpoint: str | Path, format: str, out: str | Path | None = None, check_images: torch.Tensor | None = None) -> Exported:
     """Write the checkpoint's encoder in `format` to `out` (default: beside the checkpoint) and check it.
 
-    `check_images` (float [B, 3, S, S] in [0, 1]) are what the exported file is compared on; default: 8 seeded
+    `check_images` (float [B, C, S, S] in [0, 1], C the encoder's channels) are what the exported file is compared on; default: 8 seeded
     random images. The output's suffix must fit the format (see FORMATS); `out` may not be the checkpoint itself.
     """
     path = output_file(checkpoint, format, out)
@@ -80,7 +82,7 @@ def export(checkpoint: str | Path, format: str, out: str | Path | None = None, c
     encoder, _, info = load_encoder(checkpoint)
     size = info["config"].image_size
     if check_images is None:
-        check_images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+        check_images = torch.rand(8, encoder.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = encoder(check_images).numpy()
     writer, reader = {"onnx": (_onnx, _run_onnx), "torchscript": (_torchscript, _run_torchscript),
@@ -101,6 +103,7 @@ def export(checkpoint: str | Path, format: str, out: str | Path | None = None, c
     from torchclr import __version__
 
     values = {"format": format, "file": path.name, "arch": encoder.arch, "cifar_stem": encoder.cifar_stem,
+              "in_channels": encoder.in_channels,
               "feature_dim": encoder.feature_dim, "checkpoint": str(checkpoint), "torchclr_version": __version__,
               **preprocessing(encoder, size)}
     if format == "torchvision":
@@ -160,7 +163,7 @@ def _run_torchvision(encoder: Encoder, path: Path, images: torch.Tensor, suffix:
         state = load_file(str(path))
     else:
         state = torch.load(path, weights_only=True)
-    fresh = build_encoder(encoder.arch, images.shape[-1], encoder.cifar_stem)
+    fresh = build_encoder(encoder.arch, images.shape[-1], encoder.cifar_stem, in_channels=encoder.in_channels)
     fresh.net.load_state_dict(state)
     with torch.no_grad():
         return fresh.eval()(images).numpy()
@@ -168,10 +171,13 @@ def _run_torchvision(encoder: Encoder, path: Path, images: torch.Tensor, suffix:
 
 def _torchvision_recipe(encoder: Encoder, suffix: str) -> str:
     load = ("safetensors.torch.load_file(file)" if suffix == ".safetensors" else "torch.load(file, weights_only=True)")
-    stem = ("; then net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); net.maxpool = torch.nn.Identity()"
-            if encoder.cifar_stem else "")
+    channels = encoder.in_channels
+    stem = (f"; then net.conv1 = torch.nn.Conv2d({channels}, 64, 3, 1, 1, bias=False); net.maxpool = torch.nn.Identity()"
+            if encoder.cifar_stem else
+            f"; then net.conv1 = torch.nn.Conv2d({channels}, 64, 7, 2, 3, bias=False)" if channels != RGB else "")
     if is_resnet_arch(encoder.arch):
         return (f"net = torchvision.models.get_model({encoder.arch!r}, weights=None); net.fc = torch.nn.Identity(){stem}; "
                 f"net.load_state_dict({load}); net.eval()")
-    return (f"net = torchclr.build_encoder({encoder.arch!r}, image_size).net (torchvision's model with its classifier cut "
+    return (f"net = torchclr.build_encoder({encoder.arch!r}, image_size, in_channels={channels}).net (torchvision's model "
+            "with its classifier cut "
             f"at the first Linear layer); net.load_state_dict({load}); net.eval()")

@@ -97,7 +97,7 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     if plan.mode != "stream":
         return BatchedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, rank=rank, world=world,
                             cache_dir=config.cache_dir, stored_size=stored, augment=augment)
-    on_device = config.decode == "device" or (config.decode == "auto" and device.type == "cuda")
+    on_device = config.in_channels == 3 and (config.decode == "device" or (config.decode == "auto" and device.type == "cuda"))
     say(f"data: JPEGs decoded {f'on {device} in batches' if on_device else 'in DataLoader workers'} (--decode {config.decode})")
     return StreamedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, stored_side=stored,
                          rank=rank, world=world, workers=config.workers, jpegs_on_device=on_device, augment=augment)

@@ -42,7 +42,8 @@ def sample_sizes(images: ImageSet, count: int = SIZE_SAMPLE, seed: int = 0) -> l
     for index in chosen:
         name = images.names[index]
         try:
-            sizes.append(header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels))  # type: ignore[misc]
+            sizes.append(header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels,  # type: ignore[misc]
+                                     channels=images.policy.channels))
         except BadFile:
             continue  # skipped and counted where it is decoded, once
     return sizes

@@ -1,6 +1,6 @@
 """Where images come from: a folder, a zip archive read in place, torchvision's CIFAR/STL-10, or the shipped sample.
 
-Every source becomes an `ImageSet`: images addressed by index as uint8 tensors [3, H, W], with labels
+Every source becomes an `ImageSet`: images addressed by index as uint8 tensors [C, H, W] (C: --in-channels), with labels
 (-1 when unlabelled) and class names. File-backed sets decode lazily; `data.cache` turns them into one
 in-memory uint8 tensor so that no JPEG is decoded twice.
 """
@@ -22,7 +22,7 @@ from torchclr.data.shards import index_shards, is_tar_shard, shard_paths
 from torchclr.data.skips import BadFile, ReadPolicy, SkipLog
 from torchclr.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".npy")
 TORCHVISION_SETS = ("cifar10", "cifar100", "stl10")
 SAMPLE = "sample"
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation", "unlabeled", "unlabelled")
@@ -31,7 +31,7 @@ UNLABELLED = -1
 
 @dataclass
 class ImageSet:
-    """Images by index as uint8 [3, H, W]; either held in `tensor` or decoded from files by `read_bytes`.
+    """Images by index as uint8 [C, H, W] (C: `policy.channels`); either held in `tensor` or decoded from files by `read_bytes`.
 
     A held `tensor` of images of different shapes is padded (top-left aligned); `sizes` [N, 2] then gives each
     image's valid (height, width). None means every image fills the tensor.
@@ -64,7 +64,8 @@ class ImageSet:
             return self.tensor[index]
         assert self.read_bytes is not None
         name = self.names[index]
-        return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side)
+        return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side,
+                            channels=self.policy.channels)
 
 
 def open_images(spec: str, split: str, download: bool = False, policy: ReadPolicy | None = None) -> ImageSet:
@@ -154,6 +155,8 @@ def _finish(origin: str, names: list[str], read: Callable[[str], bytes], digest:
     names.sort()
     labels, classes = _labels_from_layout(names)
     digest.update(f"limits {policy.max_image_pixels} {policy.max_file_bytes}".encode())  # they decide what is skipped
+    if policy.channels != 3:  # and what is decoded (a 3-channel set keeps the fingerprint, and cache, it always had)
+        digest.update(f"channels {policy.channels}".encode())
     return ImageSet(origin=origin, labels=labels, classes=classes, names=PackedNames.build(names), read_bytes=read,
                     fingerprint=digest.hexdigest(), policy=policy, skipped=skipped)
 

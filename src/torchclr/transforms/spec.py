@@ -18,10 +18,13 @@ class AugmentSpec:
 
     Probabilities of 0 switch an op off; the ablations of the paper's figure 5 re-weight them (and add their own
     ops, `torchclr.transforms.ablation`). The fields with a help text are also `torchclr pretrain`'s augmentation
-    options (`torchclr.config` declares none of its own).
+    options (`torchclr.config` declares none of its own). `channels` is --in-channels: colour (hue, saturation,
+    grayscale) means something for RGB only, so other counts get a brightness/contrast jitter per band instead
+    (`torchclr.transforms.bands`), with the same amplitudes and probability.
     """
 
     image_size: int = 32
+    channels: int = 3
     crop: bool = _opt(True, "random resized crop (off: plain resize)")
     crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
     crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "aspect-ratio range of the random crop")
@@ -36,6 +39,13 @@ class AugmentSpec:
 
     def __post_init__(self) -> None:
         check_augment(self, lambda name: f"augment.{name}")
+        if self.channels < 1:
+            raise UserError(f"augment.channels must be >= 1, got {self.channels}")
+
+    @property
+    def colour(self) -> bool:
+        """Whether the views get colour jitter and grayscale (RGB), or an intensity jitter per band (any other count)."""
+        return self.channels == 3
 
     @property
     def effective_blur_p(self) -> float:
