@@ -157,6 +157,10 @@ def test_a_folder_of_n_channels_trains_embeds_and_exports(channels: int, tmp_pat
     assert main(["embed", "--checkpoint", str(run / "encoder.safetensors"), "--data", str(data), "--out",
                  str(tmp_path / "h.npy"), "--no-progress", "--workers", "0"]) == 0
     assert np.load(tmp_path / "h.npy").shape == (6, 512)
+    query = sorted(data.iterdir())[1]  # a query file read with the run's channels; the sheet shows it as gray
+    assert main(["neighbors", "--embeddings", str(tmp_path / "h.npy"), "--query", str(query), "--checkpoint",
+                 str(run / "encoder.safetensors"), "-k", "2", "--grid", str(tmp_path / "grid.png")]) == 0
+    assert Image.open(tmp_path / "grid.png").mode == "RGB"
     assert main(["export", "--checkpoint", str(run / "encoder.safetensors"), "--format", "torchvision", "--out",
                  str(tmp_path / "x.safetensors")]) == 0
     described = json.loads((tmp_path / "x.safetensors.json").read_text())
