@@ -56,3 +56,23 @@ def test_segmentation_on_exported_weights(exported: Path, trained_run: Path) -> 
     with torch.no_grad():
         assert model(images)["out"].shape == (2, 5, 64, 64)
         assert torch.allclose(model.backbone(images)["out"], _layer4(trained_run, images), atol=1e-5)
+
+
+def test_timm_state_dict_loads_into_timm(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    from torchclr.config import PretrainConfig
+    from torchclr.errors import UserError
+    from torchclr.models import build_simclr
+    from torchclr.pretrained import save_encoder
+
+    config = PretrainConfig(arch="timm:resnet10t", image_size=32, in_channels=2, proj_dim=16)
+    save_encoder(tmp_path / "encoder.safetensors", build_simclr(config.arch, 32, None, "mlp", 2, 16, in_channels=2), config)
+    done = export(tmp_path / "encoder.safetensors", "timm", tmp_path / "net.safetensors")
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=0, in_chans=2)
+    net.load_state_dict(load_file(str(done.path)))  # strict: timm's own keys, nothing missing
+    images = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(images), load_encoder(tmp_path / "encoder.safetensors").encoder(images), atol=1e-5)
+    assert "in_chans=2" in done.description.read_text()
+    with pytest.raises(UserError, match="--format torchvision needs a torchvision --arch"):
+        export(tmp_path / "encoder.safetensors", "torchvision", tmp_path / "tv.safetensors")
