@@ -88,7 +88,8 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     if views is not None:
         say(f"views: {views.describe()}: {views.views} per image (--views {config.views})")
     stored = stored_side(config)
-    plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
+    plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes,
+                       channels=config.in_channels)
     say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
     augment = batch_augment(config, ablation)
     schedule = config.resolution()
