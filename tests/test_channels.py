@@ -20,7 +20,9 @@ from torchclr.cli import main
 from torchclr.config import PretrainConfig
 from torchclr.data.pipeline import batch_augment
 from torchclr.data.reader import decode_image, header_size
-from torchclr.data.skips import BadFile
+from torchclr.data.skips import BadFile, ReadPolicy
+from torchclr.data.sources import open_images
+from torchclr.errors import UserError
 from torchclr.init_weights import load_initial_weights
 from torchclr.models import build_encoder
 from torchclr.models.channels import adapt_rgb_weight
@@ -180,6 +182,8 @@ def test_bad_channel_input_is_one_line_or_a_counted_skip(tmp_path: Path, capsys:
         Image.new("RGB", (12, 12), (i * 40, 0, 0)).save(rgb / f"{i}.jpg")
     assert "every image file is bad: skipped 4 of 4 image files (4 not 4-channel)" in _one_line_error(
         ["pretrain", "--data", str(rgb), "--in-channels", "4", "--out-dir", str(tmp_path / "r1"), *TINY], capsys)
+    with pytest.raises(UserError, match="cifar10's images are RGB"):
+        open_images(f"cifar10:{tmp_path}", "train", policy=ReadPolicy(channels=4))
     np.save(data / "odd.npy", np.zeros((3, 12, 12), np.uint8))  # a 3-channel array among 4-channel ones
     assert main(["pretrain", "--data", str(data), "--in-channels", "4", "--out-dir", str(tmp_path / "r2"), *TINY]) == 0
     assert "skipped 1 of 7 image files (1 not 4-channel)" in capsys.readouterr().err

@@ -82,12 +82,15 @@ def open_images(spec: str, split: str, download: bool = False, policy: ReadPolic
         with resources.as_file(sample) as path:
             return _open_zip(Path(path), split, spec, policy)
     if kind in TORCHVISION_SETS and root:
+        if policy.channels != 3:
+            raise UserError(f"data {spec}: {kind}'s images are RGB; --in-channels {policy.channels} takes image files "
+                            "or .npy arrays of that many bands")
         return _open_torchvision(kind, root, split, download)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data path {spec} does not exist")
     if is_tar_shard(path):
-        return _open_shards(path, spec)
+        return _open_shards(path, spec, policy)
     if path.is_file():
         if not is_zip(path):
             raise UserError(f"data path {spec} is a file but not a zip archive of images (or a .tar shard)")
@@ -96,7 +99,7 @@ def open_images(spec: str, split: str, download: bool = False, policy: ReadPolic
         raise UserError(f"data path {spec} is neither a folder nor a zip archive (a FIFO or a device?)")
     base = path / split if (path / split).is_dir() else path
     if shard_paths(base):
-        return _open_shards(base, str(base))
+        return _open_shards(base, str(base), policy)
     return _open_folder(path, split, policy)
 
 
@@ -186,15 +189,18 @@ def _open_folder(root: Path, split: str, policy: ReadPolicy) -> ImageSet:
     return _finish(str(base), names, read, digest, policy, skipped)
 
 
-def _open_shards(path: Path, origin: str) -> ImageSet:
+def _open_shards(path: Path, origin: str, policy: ReadPolicy) -> ImageSet:
     """Tar shards in the webdataset layout (see `torchclr.data.shards`); classes are the .cls indices."""
     index = index_shards(path, IMAGE_EXTENSIONS)
     if index is None:
         raise UserError(f"data path {origin} holds no images in its .tar shards (looked for {', '.join(IMAGE_EXTENSIONS)})")
     labels = index.labels if index.labels is not None else [UNLABELLED] * len(index.names)
     classes = [str(c) for c in range(max(labels) + 1)] if index.labels is not None else []
+    fingerprint = index.fingerprint
+    if policy.channels != 3:  # decoded differently: another cache (as `_finish` keys folders and zips)
+        fingerprint = hashlib.sha256(f"{fingerprint} channels {policy.channels}".encode()).hexdigest()
     return ImageSet(origin=origin, labels=labels, classes=classes, names=index.names, read_bytes=index.reader,
-                    fingerprint=index.fingerprint)
+                    fingerprint=fingerprint, policy=policy)
 
 
 def _open_zip(path: Path, split: str, label: str, policy: ReadPolicy) -> ImageSet:

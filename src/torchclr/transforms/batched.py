@@ -245,6 +245,11 @@ class BatchAugment(nn.Module):
         ]
         if spec.jitter[3] > 0:
             self._jitter_ops.append(("hue", -spec.jitter[3], spec.jitter[3], 0.0))
+        # other channel counts: no colour ops, but brightness and contrast factors per band (transforms.bands)
+        bands = not spec.colour and any(spec.jitter[:2])
+        self._band_ranges = [(max(0.0, 1.0 - amplitude), 1.0 + amplitude) for amplitude in spec.jitter[:2]] if bands else []
+        if not spec.colour:
+            self._jitter_ops = []
 
     def extra_repr(self) -> str:
         return repr(self.spec)
@@ -253,7 +258,7 @@ class BatchAugment(nn.Module):
     def ops(self) -> tuple[str, ...]:
         """The ops a view may get, in order (ops of probability 0 left out): what the views of this spec are."""
         spec, extra = self.spec, self.ablation
-        jitter = spec.jitter_p > 0 and (bool(self._jitter_ops) if spec.colour else any(spec.jitter[:2]))
+        jitter = spec.jitter_p > 0 and bool(self._jitter_ops or self._band_ranges)
         drawn = [("crop" if spec.crop else "resize", True), ("flip", spec.flip_p > 0),
                  ("colour jitter" if spec.colour else "band intensity jitter", jitter),
                  ("grayscale", spec.colour and spec.grayscale_p > 0), ("blur", spec.effective_blur_p > 0),
@@ -305,16 +310,16 @@ class BatchAugment(nn.Module):
 
         if spec.flip_p > 0:
             out = apply_where(out, drawn(spec.flip_p), _flip)
-        if spec.jitter_p > 0 and self._jitter_ops and spec.colour:
+        if spec.jitter_p > 0 and self._jitter_ops:
             applied = drawn(spec.jitter_p)
             factors = torch.stack([uniform(low, high) for _, low, high, _ in self._jitter_ops], dim=1)
             order = torch.rand(count, len(self._jitter_ops), device=out.device, generator=generator).argsort(dim=1)
             out = self.jitter(out, applied, factors, order, masked)
-        elif spec.jitter_p > 0 and any(spec.jitter[:2]):
-            brightness, contrast = (out.new_empty(count, spec.channels).uniform_(max(0.0, 1 - amplitude), 1 + amplitude,
-                                                                                generator=generator)
-                                    for amplitude in spec.jitter[:2])
-            out = intensity_jitter(out, drawn(spec.jitter_p), brightness, contrast, drawn(0.5))
+        if spec.jitter_p > 0 and self._band_ranges:
+            applied = drawn(spec.jitter_p)
+            brightness, contrast = (out.new_empty(count, spec.channels).uniform_(low, high, generator=generator)
+                                    for low, high in self._band_ranges)
+            out = intensity_jitter(out, applied, brightness, contrast, drawn(0.5))
         if spec.grayscale_p > 0 and spec.colour:
             out = apply_where(out, drawn(spec.grayscale_p), _grayscale_rgb)
         if spec.effective_blur_p > 0:
