@@ -24,7 +24,6 @@ class AugmentSpec:
     """
 
     image_size: int = 32
-    channels: int = 3
     crop: bool = _opt(True, "random resized crop (off: plain resize)")
     crop_scale: tuple[float, float] = _opt((0.08, 1.0), "area range of the random crop, as fractions of the image")
     crop_ratio: tuple[float, float] = _opt((3 / 4, 4 / 3), "aspect-ratio range of the random crop")
@@ -36,6 +35,7 @@ class AugmentSpec:
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
     solarize_p: float = _opt(0.0, "probability of solarization")
     solarize_threshold: float = 0.5
+    channels: int = 3  # last: positional construction of the fields above keeps its meaning
 
     def __post_init__(self) -> None:
         check_augment(self, lambda name: f"augment.{name}")
