@@ -146,11 +146,12 @@ def _folders(root: Path) -> dict[int, Path]:
     return {4: bands, 1: gray}
 
 
-@pytest.mark.parametrize("channels", [4, 1])
-def test_a_folder_of_n_channels_trains_embeds_and_exports(channels: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("channels, data_mode", [(4, "stream"), (1, "memory")])  # 4 in memory: the bad-input test
+def test_a_folder_of_n_channels_trains_embeds_and_exports(channels: int, data_mode: str, tmp_path: Path) -> None:
     data = _folders(tmp_path)[channels]
     run = tmp_path / "run"
-    assert main(["pretrain", "--data", str(data), "--in-channels", str(channels), "--out-dir", str(run), *TINY]) == 0
+    assert main(["pretrain", "--data", str(data), "--in-channels", str(channels), "--out-dir", str(run),
+                 "--data-mode", data_mode, "--workers", "0", *TINY]) == 0
     config = PretrainConfig(**yaml.safe_load((run / "config.yaml").read_text()))
     assert config.in_channels == channels
     assert "colour jitter" not in batch_augment(config).ops and "grayscale" not in batch_augment(config).ops
