@@ -103,8 +103,18 @@ def test_collapse_watch_warns_once_naming_the_metric_and_the_epoch() -> None:
     line = watch.observe(3, {**healthy, "rank_h": 3.0})
     assert line is not None and "epoch 3" in line and "rank_h" in line and "\n" not in line
     assert watch.observe(4, {**healthy, "rank_h": 1.0}) is None  # said once
-    at_chance = CollapseWatch(chance=chance_top1(512)).observe(1, {**healthy, "view_top1": chance_top1(512)})
-    assert at_chance is not None and "view_top1" in at_chance and "epoch 1" in at_chance
+
+
+def test_retrieval_at_chance_is_a_collapse_only_after_it_was_clearly_above_chance() -> None:
+    chance = chance_top1(512)
+    healthy = {"rank_h": 40.0, "std_h": 0.02, "std_z": 0.08}
+    watch = CollapseWatch(chance=chance)
+    assert watch.observe(1, {**healthy, "view_top1": chance}) is None  # untrained: at chance is where it starts
+    assert watch.observe(2, {**healthy, "view_top1": 3 * chance}) is None  # above the alarm, not yet clearly above
+    assert watch.observe(3, {**healthy, "view_top1": 1.5 * chance}) is None  # so this is no fall back to chance
+    assert watch.observe(4, {**healthy, "view_top1": 10 * chance}) is None  # now it has learnt something
+    line = watch.observe(5, {**healthy, "view_top1": 2 * chance})  # ... and lost it
+    assert line is not None and "view_top1" in line and "epoch 5" in line and "at chance" in line
 
 
 class _Pixels(nn.Module):
@@ -144,7 +154,9 @@ def test_monitor_slice_is_fixed_by_its_seed_and_tells_a_working_network_from_a_c
 
     collapsed = monitor.measure(Collapsed(), torch.device("cpu"))
     assert collapsed["view_top1"] == pytest.approx(monitor.chance) and collapsed["rank_h"] == pytest.approx(1.0, abs=1e-3)
-    assert CollapseWatch(monitor.chance).observe(1, collapsed) is not None
+    watch = CollapseWatch(monitor.chance)
+    assert watch.observe(1, collapsed) is None  # constant from the start: nothing to fall from
+    assert watch.observe(2, working) is None and watch.observe(3, collapsed) is not None
 
 
 class _CollapsesWhenTold(nn.Module):

@@ -113,9 +113,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "checked against PyTorch on 8 images (ONNX with onnxruntime, when installed).",
     )
     export.add_argument("--checkpoint", required=True, help="a .safetensors file written by torchclr pretrain")
-    export.add_argument("--format", required=True, help="onnx, torchscript or torchvision")
+    export.add_argument("--format", required=True, help="onnx, torchscript, torchvision (a torchvision --arch: the "
+                        "model's state dict, which a ResNet's detection / segmentation body loads, docs/transfer.md) or "
+                        "timm (a timm:NAME --arch: the state dict of timm.create_model(NAME, num_classes=0))")
     export.add_argument("--out", help="the file to write; its suffix must fit --format: .onnx (onnx), .pt (torchscript), "
-                        ".safetensors, .pth or .pt (torchvision; .pth/.pt are torch.save pickles) (default: beside the "
+                        ".safetensors, .pth or .pt (torchvision, timm; .pth/.pt are torch.save pickles) (default: beside the "
                         "checkpoint, CHECKPOINT.FORMAT.onnx / .pt / .safetensors)")
 
     report = commands.add_parser(

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from torchclr.budget import parse_duration
-from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS
+from torchclr.data.skips import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_IMAGE_PIXELS, ReadPolicy
 from torchclr.errors import UserError
 from torchclr.health import KEEP_BEST_HIGHER
 from torchclr.transforms.multicrop import MultiCrop
@@ -104,6 +104,11 @@ class DataOptions:
 
     data: str = _opt("sample", "images to pretrain on: a folder (class sub-folders optional), a .zip of one, "
                      "cifar10:DIR, cifar100:DIR, stl10:DIR, or 'sample' (the CIFAR-10 sample shipped with torchclr)")
+    in_channels: int = _opt(3, "channels of every image: 3 converts any image to RGB; 1 (grayscale) or another count "
+                            "takes files with exactly that many bands: one-band images, multi-page TIFFs (a band a page), "
+                            ".npy arrays [C,H,W] or [H,W,C], 8- or 16-bit (scaled to [0,1] by 255 or 65535); files of "
+                            "another count are skipped. Colour jitter and grayscale apply to 3 channels only, other "
+                            "counts get a brightness/contrast jitter per band (docs/data.md)")
     train_split: str = _opt("train", "split of --data to pretrain on (a sub-folder name; for stl10 e.g. 'train+unlabeled')")
     eval_data: str | None = _opt(None, "labelled data with train/test splits for the kNN monitor; default: --data when it has them")
     eval_split: str = _opt("test", "split of the labelled data to report accuracy on (e.g. 'val' for ImageNet)")
@@ -209,7 +214,8 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
 
     def augment_spec(self) -> AugmentSpec:
         options = {f.name: getattr(self, f.name) for f in dataclasses.fields(AugmentOptions)}
-        return AugmentSpec(image_size=self.image_size, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        return AugmentSpec(image_size=self.image_size, channels=self.in_channels,
+                           **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
     def validate(self, named: dict[str, str] | None = None) -> None:
         """Reject values no run could use, naming the option as given (`named`: field -> how the user wrote it,
@@ -218,7 +224,7 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
             return (named or {}).get(name, f"--{_flag(name)}")
 
         positive = ("image_size", "stored_size", "batch_size", "epochs", "head_layers", "proj_dim", "knn_k", "knn_bank_size",
-                    "max_image_pixels", "max_file_mb")
+                    "max_image_pixels", "max_file_mb", "in_channels")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"{option(name)} must be > 0, got {getattr(self, name)}")
@@ -241,6 +247,7 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"{option(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         check_augment(self, option)
+        self._validate_channels(option)
         self.grad_cache_request()
         if self.keep_best is not None and self.keep_best not in KEEP_BEST_HIGHER:
             raise UserError(f"{option('keep_best')} must name one of {', '.join(KEEP_BEST_HIGHER)}, got {self.keep_best!r}")
@@ -254,6 +261,20 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
                                 f"{self.image_size}: the last stage is the size the encoder is evaluated at")
             if self.augment_mode != "batched":
                 raise UserError(f"{option('resolution_schedule')} needs --augment-mode batched")
+
+    def _validate_channels(self, option: Callable[[str], str]) -> None:
+        """--in-channels other than 3 against the paths that know RGB only; one line naming both."""
+        if self.in_channels == 3:
+            return
+        given = f"{option('in_channels')} {self.in_channels}"
+        if self.augment_mode != "batched":
+            raise UserError(f"{given} needs --augment-mode batched (the per-image reference is torchvision's RGB pipeline)")
+        if self.decode == "device":
+            raise UserError(f"{given} cannot be combined with {option('decode')} device (nvJPEG decodes RGB JPEGs only)")
+
+    def read_policy(self) -> ReadPolicy:
+        """What one image file of this run may be: its size limits, --strict and --in-channels."""
+        return ReadPolicy(self.max_image_pixels, self.max_file_mb << 20, self.strict, self.in_channels)
 
     def _validate_views(self, option: Callable[[str], str]) -> None:
         """--views against the options it depends on (see `view_groups`); one line naming both."""

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from torchclr.data.reader import load_array
+from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import ImageSet, check_split, open_images
 from torchclr.embed_work import locked, open_work, remove_work
 from torchclr.errors import UserError
@@ -97,7 +98,7 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, *, split: str = "t
     network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if projection else encoder
     network = network.to(target)
     dim = info["model"]["proj_dim"] if projection and info["model"]["head"] != "none" else encoder.feature_dim
-    images = open_images(data, split, download)
+    images = open_images(data, split, download, ReadPolicy(channels=info["config"].in_channels))
     size = info["config"].image_size
     meta = {**checkpoint_identity(Path(checkpoint)), "model": info["model"], "what": "z" if projection else "h",
             "dim": dim, "count": len(images), "data": data, "split": split, "origin": images.origin,

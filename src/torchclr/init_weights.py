@@ -4,7 +4,9 @@ answer "did SSL beat the start?".
 `imagenet` takes torchvision's default weights for `--arch` from the local torch hub cache (fetched only with
 --download); a PATH takes any state dict (.pth / .pt) or safetensors file whose keys are torchvision's (`conv1.weight`)
 or torchclr's (`encoder.net.conv1.weight` in encoder.safetensors, `model.encoder.net.` in a training checkpoint).
-The classifier of a torchvision file is dropped (the encoder has none); anything else that does not fit is one line.
+The classifier of a torchvision file is dropped (the encoder has none), and an encoder of `--in-channels` N takes
+the file's 3-channel first convolution adapted (`torchclr.models.channels.adapt_rgb_weight`); anything else that
+does not fit is one line.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 
 from torchclr.errors import UserError
+from torchclr.models.channels import RGB, adapt_rgb_weight, first_conv
 from torchclr.models.encoders import Encoder
 
 _PREFIXES = ("model.encoder.net.", "encoder.net.", "net.", "")  # torchclr's checkpoints, encoder files, then torchvision
@@ -35,8 +38,22 @@ def load_initial_weights(encoder: Encoder, source: str, *, download: bool = Fals
         skip = set()
     loaded = match_state(encoder, state, where, skip)
     kept = " (conv1 stays random: the CIFAR stem's 3x3 conv has no ImageNet weights)" if skip else ""
+    adapted = (f" (the first convolution's RGB weights averaged for {encoder.in_channels} channels)"
+               if encoder.in_channels != RGB and _stem_key(encoder) in loaded else "")
     encoder.net.load_state_dict(loaded, strict=not skip)
-    return f"init: encoder weights from {where}{kept}"
+    return f"init: encoder weights from {where}{kept}{adapted}"
+
+
+def _stem_key(encoder: Encoder) -> str:
+    return f"{first_conv(encoder.net)[0]}.weight"
+
+
+def _adapt_stem(encoder: Encoder, found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`found` with a 3-channel first convolution adapted to an encoder of other `in_channels`."""
+    key = _stem_key(encoder) if encoder.in_channels != RGB else None
+    if key is None or key not in found or found[key].ndim != 4 or found[key].shape[1] != RGB:
+        return found
+    return {**found, key: adapt_rgb_weight(found[key], encoder.in_channels)}
 
 
 def match_state(encoder: Encoder, state: dict[str, torch.Tensor], where: str, skip: set[str]) -> dict[str, torch.Tensor]:
@@ -46,6 +63,7 @@ def match_state(encoder: Encoder, state: dict[str, torch.Tensor], where: str, sk
     prefix = max(_PREFIXES, key=lambda p: sum(k[len(p):] in target for k in state if k.startswith(p)))
     found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     found = {k: v for k, v in found.items() if not (k not in target and k.startswith(_CLASSIFIERS)) and k not in skip}
+    found = _adapt_stem(encoder, found)
     missing = [k for k in target if k not in found and k not in skip]
     unexpected = [k for k in found if k not in target]
     shapes = [f"{k} {list(v.shape)} vs {list(target[k].shape)}" for k, v in found.items() if k in target and v.shape != target[k].shape]
@@ -101,6 +119,6 @@ def initial_encoder(config: Any, checkpoint: str | Path, *, download: bool = Fal
     if not config.init:
         raise UserError(f"--compare init: {checkpoint} comes from a run without --init (it began from random weights: "
                         "see --compare-random)")
-    encoder = build_encoder(config.arch, config.image_size, config.cifar_stem)
+    encoder = build_encoder(config.arch, config.image_size, config.cifar_stem, in_channels=config.in_channels)
     load_initial_weights(encoder, config.init, download=download)
     return encoder

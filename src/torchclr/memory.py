@@ -35,6 +35,7 @@ from torch import nn
 
 from torchclr import distributed
 from torchclr.errors import UserError
+from torchclr.models.channels import input_channels
 from torchclr.transforms.multicrop import MultiCrop
 
 GiB = 2**30
@@ -258,26 +259,30 @@ def _generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
 
 
-def _views(images: int, image_size: int, device: torch.device, views: MultiCrop | None = None) -> tuple[torch.Tensor, ...]:
+def _views(images: int, image_size: int, device: torch.device, views: MultiCrop | None = None, *,
+           channels: int = 3) -> tuple[torch.Tensor, ...]:
     """Random views as a loader yields them: a pair [images, ...] each, or one [count x images, ...] per view group."""
     if views is None:
-        first, second = torch.rand(2, images, 3, image_size, image_size, device=device, generator=_generator(device))
+        first, second = torch.rand(2, images, channels, image_size, image_size, device=device, generator=_generator(device))
         return first, second
-    return tuple(torch.rand(group.count * images, 3, group.size, group.size, device=device, generator=_generator(device))
+    return tuple(torch.rand(group.count * images, channels, group.size, group.size, device=device, generator=_generator(device))
                  for group in views.groups)
 
 
-def _view_bytes(image_size: int, views: MultiCrop | None) -> int:
+def _view_bytes(image_size: int, views: MultiCrop | None, channels: int) -> int:
     """Bytes of one image's float32 views."""
-    return 3 * 4 * (2 * image_size**2 if views is None else views.pixels)
+    return channels * 4 * (2 * image_size**2 if views is None else views.pixels)
 
 
 def measure_network(ctx: Any, step: Callable[..., object], bare_model: nn.Module,
                     batch: int, image_size: int, views: MultiCrop | None = None) -> LinearCost:
     """Fixed and per-image bytes of `step(ctx, *views)` (the real `training_step`), unchunked, on copies."""
 
+    channels = input_channels(bare_model)
+
     def run_at(images: int) -> Callable[[], object]:
-        probe_ctx, probe_views = _fresh_step_context(ctx, bare_model, None), _views(images, image_size, ctx.device, views)
+        probe_ctx = _fresh_step_context(ctx, bare_model, None)
+        probe_views = _views(images, image_size, ctx.device, views, channels=channels)
 
         def run() -> None:
             step(probe_ctx, *probe_views)
@@ -285,14 +290,14 @@ def measure_network(ctx: Any, step: Callable[..., object], bare_model: nn.Module
 
     cost = fit_linear(run_at, probe_sizes(batch), ctx.device)
     # Below the allocator's noise (tiny views) the slope can come out as 0: an image costs at least its views.
-    return dataclasses.replace(cost, per_image=max(cost.per_image, _view_bytes(image_size, views)))
+    return dataclasses.replace(cost, per_image=max(cost.per_image, _view_bytes(image_size, views, channels)))
 
 
 def measure_whole_batch(ctx: Any, batch: int, image_size: int, embedding_dim: int, views: MultiCrop | None = None) -> int:
     """Bytes of what every step holds for the whole batch, chunked or not: its float views, and the loss over its
     V x N embeddings (V = 2, or the multi-crop views) with their gradients (measured at the real size: it grows with
     N squared)."""
-    view_bytes = batch * _view_bytes(image_size, views)
+    view_bytes = batch * _view_bytes(image_size, views, input_channels(ctx.model))
     rows = batch * (2 if views is None else views.views)
 
     def loss_run() -> Callable[[], object]:
@@ -317,7 +322,8 @@ def measure_inference(infer: Inference, encoder: nn.Module, image_size: int, dev
     """Fixed and per-image bytes of `infer` itself (the evaluation's forward pass, in eval mode)."""
 
     def run_at(images: int) -> Callable[[], object]:
-        batch = torch.randint(0, 256, (images, 3, image_size, image_size), dtype=torch.uint8, generator=_generator(torch.device("cpu")))
+        shape = (images, input_channels(encoder), image_size, image_size)
+        batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=_generator(torch.device("cpu")))
         return lambda: infer(encoder, batch, device, batch_size=images)
 
     return fit_linear(run_at, PROBE_IMAGES, device)

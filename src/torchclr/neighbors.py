@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from torchclr.data.bands import preview_rgb
 from torchclr.data.reader import read_image_file
+from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import open_images
 from torchclr.embed import Embeddings
 from torchclr.errors import UserError
@@ -110,7 +112,8 @@ def embed_query_image(path: str | Path, checkpoint: str | Path, embeddings: Embe
         raise UserError(f"embeddings {embeddings.path} were made by a {_describe(made_by['model'], made_by['image_size'])} "
                         f"but checkpoint {checkpoint} is a {_describe(info['model'], info['config'].image_size)}")
     network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if made_by["what"] == "z" else encoder
-    vector = batch_features(network, transform(read_image_file(path, "--query"))[None], torch.device("cpu"), None)
+    query = read_image_file(path, "--query", read_policy(embeddings))
+    vector = batch_features(network, transform(query)[None], torch.device("cpu"), None)
     if vector.shape[1] != embeddings.vectors.shape[1]:
         raise UserError(f"embeddings {embeddings.path} hold {embeddings.vectors.shape[1]}-d vectors but checkpoint "
                         f"{checkpoint} gives {vector.shape[1]}-d {made_by['what']}")
@@ -152,7 +155,7 @@ def _tile(image: torch.Tensor | None, caption: str, size: int = TILE) -> Image.I
     """An image scaled to `size` px (nearest neighbour: small images stay sharp) above a one-line caption."""
     tile = Image.new("RGB", (size, size + 14), "white")
     if image is not None:
-        picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+        picture = Image.fromarray(preview_rgb(image).permute(1, 2, 0).contiguous().numpy())
         scale = size / max(picture.size)
         resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), resample)
@@ -233,16 +236,21 @@ def search(embeddings: str | Path, k: int, *, query: str | None = None, index: i
         write_csv(out, found, bank, names)
     if grid:
         if query is not None:
-            tiles = [(read_image_file(query, "--query"), "query")]
+            tiles = [(read_image_file(query, "--query", read_policy(bank)), "query")]
         else:
             tiles = _tiles_of(queries if query_embeddings is not None else bank, names)
         contact_sheet(grid_rows(found, bank, tiles), grid)
     return "\n".join(note + lines)
 
 
+def read_policy(embeddings: Embeddings) -> ReadPolicy:
+    """How images are read for `embeddings`: with the channels of the model that made them (RGB before --in-channels)."""
+    return ReadPolicy(channels=embeddings.meta["model"].get("in_channels", 3))
+
+
 def _image_reader(embeddings: Embeddings) -> Callable[[str], torch.Tensor]:
     """The image behind a name of `embeddings`, read back from the data they were made from."""
-    images = open_images(embeddings.meta["data"], embeddings.meta["split"])
+    images = open_images(embeddings.meta["data"], embeddings.meta["split"], policy=read_policy(embeddings))
     position = {name: i for i, name in enumerate(images.names)}
     return lambda name: images.image(position[name] if images.names else int(name))
 

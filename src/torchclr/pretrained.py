@@ -27,12 +27,14 @@ def model_description(config: PretrainConfig | dict[str, Any]) -> dict[str, Any]
     values = dataclasses.asdict(config) if isinstance(config, PretrainConfig) else config
     stem = uses_cifar_stem(values["arch"], values["image_size"], values["cifar_stem"])
     return {"arch": values["arch"], "cifar_stem": stem, "head": values["head"], "head_layers": values["head_layers"],
-            "proj_dim": values["proj_dim"], "head_shift": values.get("head_shift", True)}  # 0.2 wrote none: its shift was learnt
+            "proj_dim": values["proj_dim"], "head_shift": values.get("head_shift", True),  # 0.2 wrote none: its shift was learnt
+            "in_channels": values.get("in_channels", 3)}
 
 
 def stored_description(meta: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's model description; one of torchclr 0.2 (no head_shift) had a learnt shift in its head."""
-    return {"head_shift": True, **meta}
+    """A checkpoint's model description; one of torchclr 0.2 (no head_shift) had a learnt shift in its head, and
+    one written before --in-channels took RGB."""
+    return {"head_shift": True, "in_channels": 3, **meta}
 
 
 def config_as_json(config: PretrainConfig) -> dict[str, Any]:
@@ -59,8 +61,9 @@ class Pretrained(NamedTuple):
 
 
 def load_encoder(path: str | Path, encoder: nn.Module | None = None) -> Pretrained:
-    """The encoder (eval mode, float32, CPU), the transform that turns a PIL image or a uint8 tensor [3, H, W] into
-    its float input [3, S, S] in [0, 1] (the evaluation centre view), and the checkpoint's metadata with its config.
+    """The encoder (eval mode, float32, CPU), the transform that turns a PIL image or a uint8 tensor [C, H, W] into
+    its float input [C, S, S] in [0, 1] (the evaluation centre view), and the checkpoint's metadata with its config
+    (its `in_channels` is C; `torchclr.data.reader.read_image_file` with that many channels reads a file for it).
 
     A checkpoint of a run that pretrained the user's own module (arch 'custom') needs that module as `encoder`.
     """
@@ -70,11 +73,11 @@ def load_encoder(path: str | Path, encoder: nn.Module | None = None) -> Pretrain
     config = from_dict(meta["config"], f"checkpoint {path}")
     description = meta["model"]
     if encoder is not None:
-        model = Encoder.wrap(encoder, config.image_size)
+        model = Encoder.wrap(encoder, config.image_size, in_channels=config.in_channels)
     elif description["arch"] == CUSTOM_ARCH:
         raise UserError(f"checkpoint {path} holds a custom encoder module: pass the module, load_encoder(path, encoder=module)")
     else:
-        model = build_encoder(description["arch"], config.image_size, description["cifar_stem"])
+        model = build_encoder(description["arch"], config.image_size, description["cifar_stem"], in_channels=config.in_channels)
     prefix = "encoder." if meta["kind"] == "encoder" else "model.encoder."
     checkpoint.load_model_state(model, checkpoint.model_tensors(tensors, prefix), path, f"{description['arch']} encoder")
     meta["config"] = config

@@ -29,7 +29,6 @@ from torchclr.config import PretrainConfig
 from torchclr.data.loaders import ViewBatches
 from torchclr.data.pipeline import build_view_batches, with_image_size
 from torchclr.data.plan import sample_sizes
-from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import open_images
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
@@ -311,12 +310,12 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     prepare_run_folder(config.out_dir, resume=resume, overwrite=config.overwrite, remove=rank == 0)
     distributed.barrier()  # the others wait while rank 0 clears an --overwrite folder
     run = RunLog(config.out_dir, writer_enabled=rank == 0)
-    images = open_images(config.data, config.train_split, config.download,
-                         ReadPolicy(config.max_image_pixels, config.max_file_mb << 20, config.strict))
+    images = open_images(config.data, config.train_split, config.download, config.read_policy())
     sizes = sample_sizes(images, seed=config.seed)
     config = with_image_size(config, sizes)
     model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers,
-                         config.proj_dim, encoder, zero_init_residual=config.zero_init_residual, head_shift=config.head_shift)
+                         config.proj_dim, encoder, zero_init_residual=config.zero_init_residual, head_shift=config.head_shift,
+                         in_channels=config.in_channels)
     dtype = training_dtype(dtype, device, config)
     listed = len(images) + len(images.skipped)
     batches = build_view_batches(config, images, sizes, device, rank=rank, world=world, ablation=ablation)

@@ -89,7 +89,7 @@ def materialize_padded(images: ImageSet, side: int, cache_dir: str | Path | None
         return replace(images, tensor=tensor, sizes=None)
     cache_file = _cache_file(images, side, cache_dir)
     if cache_file is not None:
-        held = _load_padded_cache(cache_file, len(images))
+        held = _load_padded_cache(cache_file, len(images), images.policy.channels)
         if held is not None:
             tensor, sizes, bad = held
             return _without(images, tensor, bad, _sizes_or_none(sizes, tensor.shape[-1]))
@@ -104,7 +104,7 @@ def materialize_padded(images: ImageSet, side: int, cache_dir: str | Path | None
     padded_side = int(sizes.max())
     skip = {entry.where for entry in bad}
     if cache_file is None:
-        tensor = torch.zeros((len(images), 3, padded_side, padded_side), dtype=torch.uint8)
+        tensor = torch.zeros((len(images), images.policy.channels, padded_side, padded_side), dtype=torch.uint8)
         bad += _decode_all_padded(images, side, tensor, skip)
     else:
         tensor, more = _decode_into_cache(images, side, padded_side, sizes, cache_file, skip)
@@ -118,7 +118,8 @@ def _header_shape(images: ImageSet, index: int) -> tuple[int, int]:
     """(height, width) from the file's header, without decoding its pixels; a broken file raises BadFile."""
     assert images.read_bytes is not None
     name = images.names[index]
-    return header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels)
+    return header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels,
+                       channels=images.policy.channels)
 
 
 def _record(images: ImageSet, bad: list[BadFile], err: BadFile) -> None:
@@ -214,7 +215,7 @@ def _sizes_file(cache_file: Path) -> Path:
     return cache_file.with_suffix(".sizes.npy")
 
 
-def _load_padded_cache(cache_file: Path, count: int) -> tuple[torch.Tensor, torch.Tensor, list[BadFile]] | None:
+def _load_padded_cache(cache_file: Path, count: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[BadFile]] | None:
     """The memory-mapped tensor, its sizes and skipped files, if all are there, readable and fit `count` images."""
     sizes_file = _sizes_file(cache_file)
     if not (cache_file.exists() and sizes_file.exists()):
@@ -226,7 +227,7 @@ def _load_padded_cache(cache_file: Path, count: int) -> tuple[torch.Tensor, torc
     except (OSError, ValueError, TypeError) as err:
         print(f"torchclr: note: ignoring unreadable cache file {cache_file} ({err}); decoding again", file=sys.stderr)
         return None
-    if (array.dtype != np.uint8 or array.ndim != 4 or array.shape[:2] != (count, 3) or array.shape[2] != array.shape[3]
+    if (array.dtype != np.uint8 or array.ndim != 4 or array.shape[:2] != (count, channels) or array.shape[2] != array.shape[3]
             or sizes.shape != (count, 2)):
         return None
     return torch.from_numpy(array), torch.from_numpy(sizes), bad
@@ -242,11 +243,12 @@ def _decode_into_cache(images: ImageSet, side: int, padded_side: int, sizes: tor
         _save_atomically(_sizes_file(cache_file), lambda handle: np.save(handle, sizes.numpy()))
         fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
         os.close(fd)
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), 3, padded_side, padded_side))
+        shape = (len(images), images.policy.channels, padded_side, padded_side)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     except OSError as err:
         print(f"torchclr: note: could not write the cache file {cache_file} ({err.strerror or err}); "
               "the data stays in memory for this run", file=sys.stderr)
-        tensor = torch.zeros((len(images), 3, padded_side, padded_side), dtype=torch.uint8)
+        tensor = torch.zeros((len(images), images.policy.channels, padded_side, padded_side), dtype=torch.uint8)
         return tensor, _decode_all_padded(images, side, tensor, skip)
     try:
         bad = _decode_all_padded(images, side, torch.from_numpy(array), skip)
@@ -306,7 +308,7 @@ def materialize(images: ImageSet, size: int | None = None, cache_dir: str | Path
         size = first.shape[-1] if first.shape[-1] == first.shape[-2] else min(first.shape[-2:])
     cache_file = Path(cache_dir) / f"{images.fingerprint[:24]}-{size}px.npy" if cache_dir and images.fingerprint else None
     if cache_file is not None and cache_file.exists():
-        cached = _load_square_cache(cache_file, len(images), size)
+        cached = _load_square_cache(cache_file, (len(images), images.policy.channels, size, size))
         if cached is not None:
             return _without(images, *cached)
     tensor, bad = _decode_all(images, size)
@@ -330,7 +332,7 @@ def _first_decodable(images: ImageSet) -> torch.Tensor:
     raise UserError(f"data {images.origin}: none of its {len(images)} image files can be decoded")
 
 
-def _load_square_cache(path: Path, count: int, size: int) -> tuple[torch.Tensor, list[BadFile]] | None:
+def _load_square_cache(path: Path, shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, list[BadFile]] | None:
     """The cached views and skipped files, or None (with a note) when the file is not a plain uint8 array of the right shape."""
     try:
         array = load_array(path, mmap_mode="c")
@@ -338,13 +340,13 @@ def _load_square_cache(path: Path, count: int, size: int) -> tuple[torch.Tensor,
     except (OSError, ValueError, TypeError) as err:
         print(f"torchclr: note: ignoring unreadable cache file {path} ({err}); decoding again", file=sys.stderr)
         return None
-    if array.dtype != np.uint8 or array.shape != (count, 3, size, size):
+    if array.dtype != np.uint8 or array.shape != shape:
         return None
     return torch.from_numpy(array), bad
 
 
 def _decode_all(images: ImageSet, size: int) -> tuple[torch.Tensor, list[BadFile]]:
-    out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8)
+    out = torch.zeros((len(images), images.policy.channels, size, size), dtype=torch.uint8)
     bad: list[BadFile] = []
     for index, image in each_image(images, _SquareImage(size), range(len(images))):
         if isinstance(image, BadFile):

@@ -88,7 +88,8 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     if views is not None:
         say(f"views: {views.describe()}: {views.views} per image (--views {config.views})")
     stored = stored_side(config)
-    plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes)
+    plan = choose_mode("memory" if images.tensor is not None else config.data_mode, len(images), stored, sizes,
+                       channels=config.in_channels)
     say(f"data: {len(images):,} images in {images.origin}, {'streamed' if plan.mode == 'stream' else 'in memory'}: {plan.reason}")
     augment = batch_augment(config, ablation)
     schedule = config.resolution()
@@ -97,7 +98,7 @@ def build_view_batches(config: Any, images: ImageSet, sizes: list[tuple[int, int
     if plan.mode != "stream":
         return BatchedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, rank=rank, world=world,
                             cache_dir=config.cache_dir, stored_size=stored, augment=augment)
-    on_device = config.decode == "device" or (config.decode == "auto" and device.type == "cuda")
+    on_device = config.in_channels == 3 and (config.decode == "device" or (config.decode == "auto" and device.type == "cuda"))
     say(f"data: JPEGs decoded {f'on {device} in batches' if on_device else 'in DataLoader workers'} (--decode {config.decode})")
     return StreamedViews(images, spec, batch_size=per_process, device=device, seed=config.seed, stored_side=stored,
                          rank=rank, world=world, workers=config.workers, jpegs_on_device=on_device, augment=augment)

@@ -42,7 +42,8 @@ def sample_sizes(images: ImageSet, count: int = SIZE_SAMPLE, seed: int = 0) -> l
     for index in chosen:
         name = images.names[index]
         try:
-            sizes.append(header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels))  # type: ignore[misc]
+            sizes.append(header_size(images.read_bytes(name), f"{images.origin}/{name}", images.policy.max_image_pixels,  # type: ignore[misc]
+                                     channels=images.policy.channels))
         except BadFile:
             continue  # skipped and counted where it is decoded, once
     return sizes
@@ -60,13 +61,13 @@ class DataPlan:
     reason: str
 
 
-def choose_mode(requested: str, count: int, stored_side: int, sizes: list[tuple[int, int]]) -> DataPlan:
-    """In memory or streamed: as requested, or for `auto` by whether [count, 3, S, S] uint8 fits the memory share.
+def choose_mode(requested: str, count: int, stored_side: int, sizes: list[tuple[int, int]], *, channels: int = 3) -> DataPlan:
+    """In memory or streamed: as requested, or for `auto` by whether [count, channels, S, S] uint8 fits the memory share.
 
     S is the stored side, or the largest sampled image's longer side when the images are all smaller.
     """
     side = min(stored_side, max((max(size) for size in sizes), default=stored_side))
-    needed, available = count * 3 * side * side, available_memory()
+    needed, available = count * channels * side * side, available_memory()
     sizes_said = f"decoded at {side} px they take {_bytes(needed)}"
     if requested != "auto":
         return DataPlan(requested, f"--data-mode {requested} ({sizes_said})")

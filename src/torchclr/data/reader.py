@@ -13,8 +13,9 @@ checks live in one place, and `tests/test_reader.py` fails when another module c
 * mode and bit-depth conversion to RGB uint8 (16-bit and float images scaled, not clipped);
 * numpy arrays (work files, caches) never unpickled.
 
-Multi-channel inputs (issue 21: multi-page TIFF, `.npy` of [C, H, W] or [H, W, C]) belong in `decode_image`'s
-dispatch by content, beside the PIL path, so that every caller gets them with the same limits and skip records.
+Multi-channel inputs (issue 21: multi-page TIFF, `.npy` of [C, H, W] or [H, W, C]) are in `decode_image`'s and
+`header_size`'s dispatch by content, beside the PIL path, so that every caller gets them with the same limits and
+skip records; `torchclr.data.bands` turns what is opened here into `channels` bands.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from torchclr.data import bands
 from torchclr.data.skips import BadFile, ReadPolicy
 from torchclr.errors import UserError
 
@@ -79,7 +81,8 @@ def read_bytes(path: Path, where: str, max_bytes: int) -> bytes:
 
 
 def read_image_file(path: str | Path, what: str, policy: ReadPolicy | None = None) -> torch.Tensor:
-    """One image file named by the user (a query, a preview) as RGB uint8 [3, H, W]; any problem is one line
+    """One image file named by the user (a query, a preview) as uint8 [C, H, W] (C: the policy's channels, RGB by
+    default); any problem is one line
     naming `what` (e.g. "--query") and the path: a folder, a missing or special file, or an undecodable one."""
     policy = policy or ReadPolicy()
     path = Path(path)
@@ -89,7 +92,8 @@ def read_image_file(path: str | Path, what: str, policy: ReadPolicy | None = Non
         raise UserError(f"{what} {path} does not exist")
     try:
         check_listed_file(path, str(path), policy.max_file_bytes)
-        return decode_image(read_bytes(path, str(path), policy.max_file_bytes), str(path), policy.max_image_pixels)
+        return decode_image(read_bytes(path, str(path), policy.max_file_bytes), str(path), policy.max_image_pixels,
+                            channels=policy.channels)
     except BadFile as bad:
         raise UserError(f"{what} {path}: {bad.kind}: {bad.detail}") from None
 
@@ -115,22 +119,51 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     return img
 
 
-def header_size(data: bytes, where: str, max_pixels: int = ReadPolicy.max_image_pixels) -> tuple[int, int]:
-    """(height, width) from the header alone; a bomb, a broken or a foreign file raises `BadFile`."""
+def header_size(data: bytes, where: str, max_pixels: int = ReadPolicy.max_image_pixels, *,
+                channels: int = bands.RGB) -> tuple[int, int]:
+    """(height, width) from the header alone; a bomb, a broken or a foreign file, or one without `channels` bands
+    (see `torchclr.data.bands`), raises `BadFile`."""
+    if bands.is_npy(data):
+        return _npy_size(data, where, max_pixels, channels)
     with _open(data, where, max_pixels) as img:
+        bands.check_image_channels(img, channels, where)
         return img.height, img.width
 
 
+def _npy_size(data: bytes, where: str, max_pixels: int, channels: int) -> tuple[int, int]:
+    """(height, width) of a .npy image of `channels` bands, from its header, refused past `max_pixels`."""
+    height, width, _ = bands.array_layout(bands.npy_header(data, where)[0], channels, where)
+    if height * width > max_pixels:
+        raise BadFile(where, "too many pixels", f"{width}x{height} pixels is over --max-image-pixels {max_pixels}")
+    return height, width
+
+
+def _decode_npy(data: bytes, where: str, max_pixels: int, channels: int) -> torch.Tensor:
+    """A .npy image (header checked first, never unpickled) as uint8 [channels, H, W]."""
+    _npy_size(data, where, max_pixels, channels)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except _DECODE_ERRORS as err:
+        raise BadFile(where, "truncated or corrupt", f"{type(err).__name__}: {err}") from None
+    return bands.array_to_tensor(array, channels, where)
+
+
 def decode_image(data: bytes, where: str, max_pixels: int = ReadPolicy.max_image_pixels,
-                 draft_side: int | None = None) -> torch.Tensor:
-    """Decode any PIL-readable image to RGB uint8 [3, H, W]; a broken file raises `BadFile` naming itself.
+                 draft_side: int | None = None, *, channels: int = bands.RGB) -> torch.Tensor:
+    """Decode any PIL-readable image to RGB uint8 [3, H, W]; a broken file raises `BadFile` naming itself. With
+    other `channels`, a PIL image or a .npy array of that many bands becomes uint8 [channels, H, W] (see
+    `torchclr.data.bands`); one of another count is a `BadFile`.
 
     The pixel count is read from the header and checked before anything is decoded (decompression bombs). With
     `draft_side`, a JPEG whose longer side exceeds it is decoded by PIL's draft mode at the largest DCT reduction
     (1/2, 1/4 or 1/8) that keeps the longer side at least `draft_side`: a fraction of the work.
     """
+    if bands.is_npy(data):
+        return _decode_npy(data, where, max_pixels, channels)
     with _open(data, where, max_pixels) as img:
         try:
+            if channels != bands.RGB:
+                return bands.image_to_tensor(img, channels, where)
             width, height = img.size
             longest = max(width, height)
             if draft_side is not None and img.format == "JPEG" and longest > draft_side:
@@ -149,15 +182,7 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
     """
     if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return np.array(img.convert("RGB"))
-    values = np.asarray(img)
-    if img.mode == "F":
-        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = (0.0, 1.0) if values.size and values.min() >= 0 and values.max() <= 1 else (values.min(), values.max())
-    else:  # "I" is how PIL opens some 16-bit files too: 16 bits unless a value says otherwise
-        values = values.astype(np.float64)
-        low, high = (0.0, 65535.0) if values.min() >= 0 and values.max() <= 65535 else (values.min(), values.max())
-    scaled = np.round((values - low) * (255.0 / max(high - low, 1e-12)))
-    gray = np.clip(scaled, 0, 255).astype(np.uint8)
+    gray = bands.to_uint8(np.asarray(img))  # "I" is how PIL opens some 16-bit files too: 16 bits unless a value says otherwise
     return np.repeat(gray[..., None], 3, axis=2)
 
 

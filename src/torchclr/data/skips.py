@@ -27,6 +27,7 @@ class ReadPolicy:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_MB << 20
     strict: bool = False
+    channels: int = 3  # --in-channels: 3 converts any image to RGB; other counts take files with exactly that many bands
 
 
 class BadFile(UserError):

@@ -1,6 +1,6 @@
 """Where images come from: a folder, a zip archive read in place, torchvision's CIFAR/STL-10, or the shipped sample.
 
-Every source becomes an `ImageSet`: images addressed by index as uint8 tensors [3, H, W], with labels
+Every source becomes an `ImageSet`: images addressed by index as uint8 tensors [C, H, W] (C: --in-channels), with labels
 (-1 when unlabelled) and class names. File-backed sets decode lazily; `data.cache` turns them into one
 in-memory uint8 tensor so that no JPEG is decoded twice.
 """
@@ -22,7 +22,7 @@ from torchclr.data.shards import index_shards, is_tar_shard, shard_paths
 from torchclr.data.skips import BadFile, ReadPolicy, SkipLog
 from torchclr.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".npy")
 TORCHVISION_SETS = ("cifar10", "cifar100", "stl10")
 SAMPLE = "sample"
 SPLIT_NAMES = ("train", "test", "val", "valid", "validation", "unlabeled", "unlabelled")
@@ -31,7 +31,7 @@ UNLABELLED = -1
 
 @dataclass
 class ImageSet:
-    """Images by index as uint8 [3, H, W]; either held in `tensor` or decoded from files by `read_bytes`.
+    """Images by index as uint8 [C, H, W] (C: `policy.channels`); either held in `tensor` or decoded from files by `read_bytes`.
 
     A held `tensor` of images of different shapes is padded (top-left aligned); `sizes` [N, 2] then gives each
     image's valid (height, width). None means every image fills the tensor.
@@ -64,7 +64,8 @@ class ImageSet:
             return self.tensor[index]
         assert self.read_bytes is not None
         name = self.names[index]
-        return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side)
+        return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side,
+                            channels=self.policy.channels)
 
 
 def open_images(spec: str, split: str, download: bool = False, policy: ReadPolicy | None = None) -> ImageSet:
@@ -81,12 +82,15 @@ def open_images(spec: str, split: str, download: bool = False, policy: ReadPolic
         with resources.as_file(sample) as path:
             return _open_zip(Path(path), split, spec, policy)
     if kind in TORCHVISION_SETS and root:
+        if policy.channels != 3:
+            raise UserError(f"data {spec}: {kind}'s images are RGB; --in-channels {policy.channels} takes image files "
+                            "or .npy arrays of that many bands")
         return _open_torchvision(kind, root, split, download)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"data path {spec} does not exist")
     if is_tar_shard(path):
-        return _open_shards(path, spec)
+        return _open_shards(path, spec, policy)
     if path.is_file():
         if not is_zip(path):
             raise UserError(f"data path {spec} is a file but not a zip archive of images (or a .tar shard)")
@@ -95,7 +99,7 @@ def open_images(spec: str, split: str, download: bool = False, policy: ReadPolic
         raise UserError(f"data path {spec} is neither a folder nor a zip archive (a FIFO or a device?)")
     base = path / split if (path / split).is_dir() else path
     if shard_paths(base):
-        return _open_shards(base, str(base))
+        return _open_shards(base, str(base), policy)
     return _open_folder(path, split, policy)
 
 
@@ -154,6 +158,8 @@ def _finish(origin: str, names: list[str], read: Callable[[str], bytes], digest:
     names.sort()
     labels, classes = _labels_from_layout(names)
     digest.update(f"limits {policy.max_image_pixels} {policy.max_file_bytes}".encode())  # they decide what is skipped
+    if policy.channels != 3:  # and what is decoded (a 3-channel set keeps the fingerprint, and cache, it always had)
+        digest.update(f"channels {policy.channels}".encode())
     return ImageSet(origin=origin, labels=labels, classes=classes, names=PackedNames.build(names), read_bytes=read,
                     fingerprint=digest.hexdigest(), policy=policy, skipped=skipped)
 
@@ -183,15 +189,18 @@ def _open_folder(root: Path, split: str, policy: ReadPolicy) -> ImageSet:
     return _finish(str(base), names, read, digest, policy, skipped)
 
 
-def _open_shards(path: Path, origin: str) -> ImageSet:
+def _open_shards(path: Path, origin: str, policy: ReadPolicy) -> ImageSet:
     """Tar shards in the webdataset layout (see `torchclr.data.shards`); classes are the .cls indices."""
     index = index_shards(path, IMAGE_EXTENSIONS)
     if index is None:
         raise UserError(f"data path {origin} holds no images in its .tar shards (looked for {', '.join(IMAGE_EXTENSIONS)})")
     labels = index.labels if index.labels is not None else [UNLABELLED] * len(index.names)
     classes = [str(c) for c in range(max(labels) + 1)] if index.labels is not None else []
+    fingerprint = index.fingerprint
+    if policy.channels != 3:  # decoded differently: another cache (as `_finish` keys folders and zips)
+        fingerprint = hashlib.sha256(f"{fingerprint} channels {policy.channels}".encode()).hexdigest()
     return ImageSet(origin=origin, labels=labels, classes=classes, names=index.names, read_bytes=index.reader,
-                    fingerprint=index.fingerprint)
+                    fingerprint=fingerprint, policy=policy)
 
 
 def _open_zip(path: Path, split: str, label: str, policy: ReadPolicy) -> ImageSet:

@@ -49,7 +49,8 @@ class BoundedImages(Dataset):
             where, data = f"{self.images.origin}/{name}", self.images.read_bytes(name)
             if worth_decoding_on_device(data, self.side, self.images.policy.max_image_pixels):
                 return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), where)
-            image = decode_image(data, where, self.images.policy.max_image_pixels, draft_side=self.side)
+            image = decode_image(data, where, self.images.policy.max_image_pixels, draft_side=self.side,
+                                 channels=self.images.policy.channels)
             return fit_within(image, self.side)
         except UserError as err:
             return str(err)

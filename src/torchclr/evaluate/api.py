@@ -47,7 +47,7 @@ def evaluate(checkpoint: str | Path, *, protocol: str = "linear", data: str | No
     encoder, _, meta = load_encoder(checkpoint)
     config = meta["config"]
     labelled = LabelledEval.open(data or config.eval_data or config.data, config.image_size, download,
-                                 test_split=eval_split or (config.eval_split if not data else "test"))
+                                 test_split=eval_split or (config.eval_split if not data else "test"), policy=config.read_policy())
     encoders = {"SimCLR": encoder.to(target)}
     if compare_random:
         encoders["random weights"] = random_twin(encoders["SimCLR"], config)

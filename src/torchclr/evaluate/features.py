@@ -49,7 +49,7 @@ class DecodedCentreViews(CentreViews):
         try:
             return super().__getitem__(index), True
         except UserError:
-            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), False
+            return torch.zeros(self.images.policy.channels, self.image_size, self.image_size, dtype=torch.uint8), False
 
 
 def streamed_views(images: ImageSet, image_size: int, indices: torch.Tensor, batch_size: int = 256,

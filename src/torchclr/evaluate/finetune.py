@@ -25,6 +25,7 @@ from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.knn import accuracy
 from torchclr.evaluate.linear import EpochBatches, crop_and_flip, linear_head
 from torchclr.models import Encoder
+from torchclr.models.channels import input_channels
 from torchclr.optim import parameter_groups, scaled_lr, warmup_cosine_scheduler
 from torchclr.runtime import resolve_dtype
 
@@ -95,7 +96,7 @@ def images_per_pass(model: nn.Module, image_size: int, batch_size: int, device: 
 
     def run_at(images: int) -> Callable[[], object]:
         probe = copy.deepcopy(model)
-        views = torch.rand(images, 3, image_size, image_size, device=device, generator=generator).contiguous(
+        views = torch.rand(images, input_channels(model), image_size, image_size, device=device, generator=generator).contiguous(
             memory_format=torch.channels_last)
         labels = torch.zeros(images, dtype=torch.long, device=device)
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from torchclr import distributed
 from torchclr.data.plan import fits_in_memory
+from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import ImageSet, has_split, open_images
 from torchclr.errors import UserError
 from torchclr.evaluate.features import eval_images, extract_features, streamed_views
@@ -92,8 +93,10 @@ class LabelledEval:
     knn_chunk: int = 1024
 
     @classmethod
-    def open(cls, spec: str, image_size: int, download: bool = False, train_split: str = "train", test_split: str = "test") -> "LabelledEval":
-        train, test = open_images(spec, train_split, download), open_images(spec, test_split, download)
+    def open(cls, spec: str, image_size: int, download: bool = False, train_split: str = "train", test_split: str = "test",
+             *, policy: ReadPolicy | None = None) -> "LabelledEval":
+        """The labelled splits of `spec`, read as `policy` says (the run's --in-channels among others)."""
+        train, test = open_images(spec, train_split, download, policy), open_images(spec, test_split, download, policy)
         for split, images in ((train_split, train), (test_split, test)):
             if not images.labelled:
                 raise UserError(f"evaluation data {images.origin} ({split}) has no labels: it needs class sub-folders")
@@ -123,10 +126,12 @@ class LabelledEval:
 def open_labelled_eval(config: Any) -> LabelledEval | None:
     """The explicit --eval-data, else --data when it has labelled train and test splits, else None."""
     if config.eval_data:
-        return LabelledEval.open(config.eval_data, config.image_size, config.download, test_split=config.eval_split)
+        return LabelledEval.open(config.eval_data, config.image_size, config.download, test_split=config.eval_split,
+                                 policy=config.read_policy())
     if has_split(config.data, config.eval_split):
         try:
-            return LabelledEval.open(config.data, config.image_size, config.download, test_split=config.eval_split)
+            return LabelledEval.open(config.data, config.image_size, config.download, test_split=config.eval_split,
+                                     policy=config.read_policy())
         except UserError:
             return None
     return None
@@ -192,7 +197,7 @@ def random_twin(encoder: nn.Module, config: Any) -> nn.Module:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         return twin
-    return build_encoder(config.arch, config.image_size, config.cifar_stem).to(device)
+    return build_encoder(config.arch, config.image_size, config.cifar_stem, in_channels=config.in_channels).to(device)
 
 
 def final_report(labelled: LabelledEval, encoder: nn.Module, config: Any, device: torch.device, run_dir: Path) -> dict:

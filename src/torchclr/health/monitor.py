@@ -28,7 +28,8 @@ from torchclr.transforms import AugmentSpec, BatchAugment
 
 SLICE_IMAGES = 512
 COLLAPSE_FRACTION = 0.1  # rank_h, std_h or std_z below this share of its first measured value is a collapse
-CHANCE_MARGIN = 2.0  # view_top1 at most this many times chance is a collapse
+CHANCE_MARGIN = 2.0  # view_top1 at most this many times chance is a collapse, once it was clearly above chance:
+ABOVE_CHANCE_MARGIN = 4.0  # more than this many times chance (a gap between the two, so that noise does not arm it)
 BEST_FILE = "best.safetensors"
 
 
@@ -101,12 +102,17 @@ def _to_uint8(views: torch.Tensor) -> torch.Tensor:
 @dataclass
 class CollapseWatch:
     """Says, once, when the representation collapsed: rank_h, std_h or std_z below `fraction` of its first measured
-    value, or view_top1 at most `CHANCE_MARGIN` x chance."""
+    value, or view_top1 back at most `CHANCE_MARGIN` x chance after it was once above `ABOVE_CHANCE_MARGIN` x chance.
+
+    Retrieval at chance before training has taught anything is normal (an untrained network, or the first epochs
+    of a slow start), not a collapse: only a fall back to chance is.
+    """
 
     chance: float
     fraction: float = COLLAPSE_FRACTION
     reference: dict[str, float] | None = None
     collapsed_at: int | None = None
+    was_above_chance: bool = False  # view_top1 was once above ABOVE_CHANCE_MARGIN x chance
 
     def reasons(self, metrics: dict[str, float]) -> list[str]:
         """Why `metrics` show a collapse (empty when they do not)."""
@@ -116,7 +122,7 @@ class CollapseWatch:
                 start = self.reference[name]
                 if start > 0 and metrics[name] < self.fraction * start:
                     found.append(f"{name} {metrics[name]:.3g} is {metrics[name] / start:.1%} of its first value {start:.3g}")
-        if metrics["view_top1"] <= CHANCE_MARGIN * self.chance:
+        if self.was_above_chance and metrics["view_top1"] <= CHANCE_MARGIN * self.chance:
             found.append(f"view_top1 {metrics['view_top1']:.3g}% is at chance ({self.chance:.3g}%)")
         return found
 
@@ -125,6 +131,7 @@ class CollapseWatch:
         if self.reference is None:
             self.reference = dict(metrics)
         found = self.reasons(metrics)
+        self.was_above_chance = self.was_above_chance or metrics["view_top1"] > ABOVE_CHANCE_MARGIN * self.chance
         if not found or self.collapsed_at is not None:
             return None
         self.collapsed_at = epoch

@@ -2,7 +2,8 @@
 
 `--arch` takes a torchvision classification model by name (`resnet50`, `mobilenet_v3_small`, `convnext_tiny`,
 `vit_b_16`, ...), a timm model as `timm:NAME` (timm is an optional extra), and the Python API takes a user's own
-`nn.Module`. All become an `Encoder`: images [B, 3, H, W] in [0, 1] -> h [B, feature_dim].
+`nn.Module`. All become an `Encoder`: images [B, C, H, W] in [0, 1] -> h [B, feature_dim], C = 3 unless
+`--in-channels` says otherwise (`torchclr.models.channels` rebuilds the first convolution).
 
 For small images (CIFAR, 32 px) the ImageNet stem of a ResNet throws away most pixels, so the paper
 (appendix B.9) swaps the 7x7 stride-2 conv for a 3x3 stride-1 conv and drops the max-pool; that is chosen
@@ -19,6 +20,7 @@ import torchvision
 from torch import nn
 
 from torchclr.errors import UserError
+from torchclr.models.channels import RGB, set_in_channels
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
 SMALL_IMAGE_MAX_SIZE = 64
@@ -29,25 +31,29 @@ _noted: set[tuple[str, int]] = set()
 
 
 class Encoder(nn.Module):
-    """A backbone without classifier: image [B, 3, H, W] in [0, 1] -> h [B, feature_dim].
+    """A backbone without classifier: image [B, C, H, W] in [0, 1] -> h [B, feature_dim] (C: `in_channels`).
 
     The backbone lives in `self.net`, so the state-dict keys of a ResNet are those torchclr always wrote.
     """
 
-    def __init__(self, net: nn.Module, feature_dim: int, arch: str = CUSTOM_ARCH, cifar_stem: bool = False) -> None:
+    def __init__(self, net: nn.Module, feature_dim: int, arch: str = CUSTOM_ARCH, cifar_stem: bool = False, *,
+                 in_channels: int = RGB) -> None:
         super().__init__()
         self.net, self.feature_dim, self.arch, self.cifar_stem = net, feature_dim, arch, cifar_stem
+        self.in_channels = in_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
     @classmethod
-    def wrap(cls, module: nn.Module, image_size: int) -> "Encoder":
-        """A user's module as an encoder; its output size is read from `module.feature_dim` or one dry forward."""
+    def wrap(cls, module: nn.Module, image_size: int, *, in_channels: int = RGB) -> "Encoder":
+        """A user's module (taking `in_channels`) as an encoder; its output size is read from `module.feature_dim`
+        or one dry forward."""
         if isinstance(module, Encoder):
             return module
-        feature_dim = getattr(module, "feature_dim", None) or _dry_feature_dim(module, image_size, "the given encoder module")
-        return cls(module, int(feature_dim))
+        feature_dim = (getattr(module, "feature_dim", None)
+                       or _dry_feature_dim(module, image_size, in_channels, "the given encoder module"))
+        return cls(module, int(feature_dim), in_channels=in_channels)
 
 
 class ResNetEncoder(Encoder):
@@ -91,11 +97,12 @@ def uses_cifar_stem(arch: str, image_size: int, cifar_stem: bool | None) -> bool
     return image_size <= SMALL_IMAGE_MAX_SIZE if cifar_stem is None else cifar_stem
 
 
-def build_encoder(arch: str, image_size: int, cifar_stem: bool | None = None, *, zero_init_residual: bool = False) -> Encoder:
+def build_encoder(arch: str, image_size: int, cifar_stem: bool | None = None, *, zero_init_residual: bool = False,
+                  in_channels: int = RGB) -> Encoder:
     """The encoder `--arch` names: a torchvision ResNet (CIFAR stem as `uses_cifar_stem` says), any other torchvision
-    classification model, or `timm:NAME`, all with random weights. `zero_init_residual`: the last BN of every residual
-    block starts with scale 0, so each block starts as the identity (the official SimCLR code's option; torchvision's
-    `zero_init_residual`); ResNets only."""
+    classification model, or `timm:NAME`, all with random weights and a first convolution for `in_channels`.
+    `zero_init_residual`: the last BN of every residual block starts with scale 0, so each block starts as the
+    identity (the official SimCLR code's option; torchvision's `zero_init_residual`); ResNets only."""
     stem = uses_cifar_stem(arch, image_size, cifar_stem)
     if zero_init_residual and not is_resnet_arch(arch):
         raise UserError(f"--zero-init-residual applies to torchvision ResNets only, not to --arch {arch}")
@@ -103,11 +110,12 @@ def build_encoder(arch: str, image_size: int, cifar_stem: bool | None = None, *,
         net, feature_dim = _timm_backbone(arch[len(TIMM_PREFIX):], image_size)
     else:
         net, feature_dim = _torchvision_backbone(arch, image_size, stem, zero_init_residual)
+    set_in_channels(net, in_channels)
     if not is_resnet_arch(arch) and image_size <= SMALL_IMAGE_MAX_SIZE and (arch, image_size) not in _noted:
         _noted.add((arch, image_size))
         print(f"torchclr: note: --arch {arch} keeps its ImageNet stem, which downsamples {image_size} px images to a few "
               "pixels; the CIFAR stem is for ResNets only", file=sys.stderr)
-    return Encoder(net, feature_dim, arch, stem)
+    return Encoder(net, feature_dim, arch, stem, in_channels=in_channels)
 
 
 def _torchvision_backbone(arch: str, image_size: int, cifar_stem: bool, zero_init_residual: bool = False) -> tuple[nn.Module, int]:
@@ -157,13 +165,13 @@ def _timm_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
     return net, int(net.num_features)
 
 
-def _dry_feature_dim(module: nn.Module, image_size: int, what: str) -> int:
+def _dry_feature_dim(module: nn.Module, image_size: int, in_channels: int, what: str) -> int:
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        out = module(torch.zeros(1, 3, image_size, image_size))
+        out = module(torch.zeros(1, in_channels, image_size, image_size))
     module.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise UserError(f"{what} must map [B, 3, {image_size}, {image_size}] images to features [B, d], "
+        raise UserError(f"{what} must map [B, {in_channels}, {image_size}, {image_size}] images to features [B, d], "
                         f"got {type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
     return out.shape[1]

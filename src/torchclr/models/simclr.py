@@ -21,9 +21,9 @@ class SimCLR(nn.Module):
 
 def build_simclr(arch: str, image_size: int, cifar_stem: bool | None, head: str, head_layers: int, out_dim: int,
                  encoder_module: nn.Module | None = None, *, zero_init_residual: bool = False,
-                 head_shift: bool = False) -> SimCLR:
-    """SimCLR on the encoder `arch` names (see `build_encoder` for `zero_init_residual`), or on the user's own
-    `encoder_module` when given."""
-    encoder = (Encoder.wrap(encoder_module, image_size) if encoder_module is not None
-               else build_encoder(arch, image_size, cifar_stem, zero_init_residual=zero_init_residual))
+                 head_shift: bool = False, in_channels: int = 3) -> SimCLR:
+    """SimCLR on the encoder `arch` names (see `build_encoder` for `zero_init_residual` and `in_channels`), or on
+    the user's own `encoder_module` when given."""
+    encoder = (Encoder.wrap(encoder_module, image_size, in_channels=in_channels) if encoder_module is not None
+               else build_encoder(arch, image_size, cifar_stem, zero_init_residual=zero_init_residual, in_channels=in_channels))
     return SimCLR(encoder, projection_head(head, encoder.feature_dim, out_dim, num_layers=head_layers, learnt_shift=head_shift))

@@ -93,7 +93,7 @@ def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tup
     """
     from torchclr.transforms import TwoViews, view_transform
 
-    images = open_images(config.data, config.train_split, config.download)
+    images = open_images(config.data, config.train_split, config.download, config.read_policy())
     sampler = epoch_sampler(len(images), config.seed, rank=0, world=1)
     sampler.set_epoch(0)
     batch_size = min(config.batch_size, len(images))
@@ -168,7 +168,7 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
         train_labels, test_labels = labelled.train.labels[in_bank], labelled.test.labels
         scores = knn_predict(train, train_labels, test, labelled.num_classes, config.knn_k, config.knn_temperature,
                              device=target)
-        classes = open_images(labelled.origin, "train").classes
+        classes = open_images(labelled.origin, "train", policy=config.read_policy()).classes
         correct = scores.argmax(1) == test_labels
         per_class = {name: 100.0 * correct[test_labels == c].float().mean().item() for c, name in enumerate(classes)}
         plots.per_class_bars(per_class, out / "per_class.png")
@@ -182,7 +182,7 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
         bank, queries, query_labels = train, test, test_labels.numpy()
         what = f"{labelled.test_split} images"
     else:
-        images = open_images(config.data, config.train_split, config.download)
+        images = open_images(config.data, config.train_split, config.download, config.read_policy())
         chosen = np.linspace(0, len(images) - 1, min(max_points, len(images))).round().astype(int).tolist()
         bank_images = query_images = eval_images(_subset(images, chosen), config.image_size)
         bank = queries = extract_features(encoder, bank_images, target)

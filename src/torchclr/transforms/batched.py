@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from torchclr.transforms.ablation import CUTOUT_SIDE, NOISE_STD, AblationOps, cutout, gaussian_noise, rotate90, sobel
+from torchclr.transforms.bands import intensity_jitter
 from torchclr.transforms.multicrop import MultiCrop
 from torchclr.transforms.spec import AugmentSpec
 
@@ -221,7 +222,8 @@ JITTER_OPS: dict[str, PerImageOp] = {
 
 
 class BatchAugment(nn.Module):
-    """SimCLR views of a batch [B,3,H,W] (uint8, or float in [0,1]) as float32 [B,3,S,S] in [0,1].
+    """SimCLR views of a batch [B,3,H,W] (uint8, or float in [0,1]) as float32 [B,3,S,S] in [0,1]; with
+    `spec.channels` C other than 3, of [B,C,H,W], with a per-band intensity jitter for the colour ops (`ops`).
 
     Every image gets its own crop, flip, jitter factors and order, grayscale, blur sigma and solarize draws;
     all random numbers come from `generator` (or the default one) on the batch's device. A batch of images of
@@ -243,9 +245,26 @@ class BatchAugment(nn.Module):
         ]
         if spec.jitter[3] > 0:
             self._jitter_ops.append(("hue", -spec.jitter[3], spec.jitter[3], 0.0))
+        # other channel counts: no colour ops, but brightness and contrast factors per band (transforms.bands)
+        bands = not spec.colour and any(spec.jitter[:2])
+        self._band_ranges = [(max(0.0, 1.0 - amplitude), 1.0 + amplitude) for amplitude in spec.jitter[:2]] if bands else []
+        if not spec.colour:
+            self._jitter_ops = []
 
     def extra_repr(self) -> str:
         return repr(self.spec)
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """The ops a view may get, in order (ops of probability 0 left out): what the views of this spec are."""
+        spec, extra = self.spec, self.ablation
+        jitter = spec.jitter_p > 0 and bool(self._jitter_ops or self._band_ranges)
+        drawn = [("crop" if spec.crop else "resize", True), ("flip", spec.flip_p > 0),
+                 ("colour jitter" if spec.colour else "band intensity jitter", jitter),
+                 ("grayscale", spec.colour and spec.grayscale_p > 0), ("blur", spec.effective_blur_p > 0),
+                 ("cutout", extra.cutout_p > 0), ("sobel", extra.sobel_p > 0), ("noise", extra.noise_p > 0),
+                 ("rotate", extra.rotate_p > 0), ("solarize", spec.solarize_p > 0)]
+        return tuple(name for name, used in drawn if used)
 
     def set_step(self, step: int, total_steps: int | None) -> None:
         """One stage: every step draws the same family of views (see `StagedAugment` for several)."""
@@ -296,7 +315,12 @@ class BatchAugment(nn.Module):
             factors = torch.stack([uniform(low, high) for _, low, high, _ in self._jitter_ops], dim=1)
             order = torch.rand(count, len(self._jitter_ops), device=out.device, generator=generator).argsort(dim=1)
             out = self.jitter(out, applied, factors, order, masked)
-        if spec.grayscale_p > 0:
+        if spec.jitter_p > 0 and self._band_ranges:
+            applied = drawn(spec.jitter_p)
+            brightness, contrast = (out.new_empty(count, spec.channels).uniform_(low, high, generator=generator)
+                                    for low, high in self._band_ranges)
+            out = intensity_jitter(out, applied, brightness, contrast, drawn(0.5))
+        if spec.grayscale_p > 0 and spec.colour:
             out = apply_where(out, drawn(spec.grayscale_p), _grayscale_rgb)
         if spec.effective_blur_p > 0:
             blur = partial(gaussian_blur, kernel_size=spec.blur_kernel_size)
@@ -336,8 +360,9 @@ class BatchAugment(nn.Module):
 
     def _crop(self, images: Tensor, views: int, generator: torch.Generator | None, sizes: Tensor | None) -> Tensor:
         """views random crops of every image, resized to S×S, as a new float32 tensor [views·B,3,S,S] in [0,1]."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected a batch of RGB images [B,3,H,W], got shape {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != self.spec.channels:
+            raise ValueError(f"expected a batch of {self.spec.channels}-channel images [B,{self.spec.channels},H,W], "
+                             f"got shape {tuple(images.shape)}")
         if images.dtype != torch.uint8 and not images.is_floating_point():
             raise TypeError(f"expected uint8 or float images, got {images.dtype}")
         if sizes is not None and tuple(sizes.shape) != (len(images), 2):

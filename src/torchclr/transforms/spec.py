@@ -18,7 +18,9 @@ class AugmentSpec:
 
     Probabilities of 0 switch an op off; the ablations of the paper's figure 5 re-weight them (and add their own
     ops, `torchclr.transforms.ablation`). The fields with a help text are also `torchclr pretrain`'s augmentation
-    options (`torchclr.config` declares none of its own).
+    options (`torchclr.config` declares none of its own). `channels` is --in-channels: colour (hue, saturation,
+    grayscale) means something for RGB only, so other counts get a brightness/contrast jitter per band instead
+    (`torchclr.transforms.bands`), with the same amplitudes and probability.
     """
 
     image_size: int = 32
@@ -33,9 +35,17 @@ class AugmentSpec:
     blur_sigma: tuple[float, float] = _opt((0.1, 2.0), "range of the blur's sigma")
     solarize_p: float = _opt(0.0, "probability of solarization")
     solarize_threshold: float = 0.5
+    channels: int = 3  # last: positional construction of the fields above keeps its meaning
 
     def __post_init__(self) -> None:
         check_augment(self, lambda name: f"augment.{name}")
+        if self.channels < 1:
+            raise UserError(f"augment.channels must be >= 1, got {self.channels}")
+
+    @property
+    def colour(self) -> bool:
+        """Whether the views get colour jitter and grayscale (RGB), or an intensity jitter per band (any other count)."""
+        return self.channels == 3
 
     @property
     def effective_blur_p(self) -> float:

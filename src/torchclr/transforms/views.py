@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from torchclr.errors import UserError
 from torchclr.transforms.spec import AugmentSpec
 
 
@@ -16,8 +17,12 @@ def view_transform(spec: AugmentSpec) -> v2.Compose:
 
     The image goes to float right after the crop (as the paper's code does) so that the colour ops
     do not round to uint8 between steps and the solarize threshold is on the [0,1] scale.
-    Ops whose probability is 0 are left out so that they cost nothing.
+    Ops whose probability is 0 are left out so that they cost nothing. RGB only: the band intensity jitter of
+    other channel counts is in the batched path alone.
     """
+    if not spec.colour:
+        raise UserError(f"the per-image reference views take RGB images; {spec.channels} channels need the batched "
+                        "augmentation (--augment-mode batched)")
     size = spec.image_size
     steps: list[Callable[[Any], Any]] = [v2.ToImage()]
     if spec.crop:
