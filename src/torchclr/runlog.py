@@ -11,12 +11,13 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import yaml
 
 from torchclr.checkpoint import remove_stale_temporaries
 from torchclr.errors import UserError
+from torchclr.writer import locked
 
 # epoch-0003.safetensors: after 3 epochs; epoch-0003-step-00000420.safetensors: mid-epoch 4, at global step 420.
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensors$")
@@ -25,6 +26,20 @@ CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensor
 # What a run writes in its folder (besides checkpoints/): removed by --overwrite, nothing else is touched.
 RUN_FILES = ("metrics.jsonl", "config.yaml", "encoder.safetensors", "loss_curve.png", "skipped_files.csv", "linear_eval.json")
 RUN_FOLDERS = ("tensorboard", "report")
+
+
+RUN_LOCK = "run.lock"  # held by the process writing the folder (torchclr.writer.locked)
+
+
+def lock_run_folder(out_dir: str | Path) -> ContextManager[None]:
+    """The run folder's lock (OUT_DIR/run.lock), made with the folder: a second `pretrain` on the same --out-dir
+    is refused in one line instead of both writing (or one --overwrite clearing) the other's files."""
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out-dir {folder}: cannot create it ({err.strerror or err})") from None
+    return locked(folder / RUN_LOCK, option="--out-dir", path=folder, command="pretrain")
 
 
 def prepare_run_folder(out_dir: str | Path, *, resume: str | None, overwrite: bool, remove: bool = True) -> None:

@@ -15,9 +15,10 @@ import dataclasses
 import math
 import signal
 import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.optim import build_optimizer, scaled_lr, set_learning_rate, warmup_cosine
 from torchclr.pretrained import config_as_json, model_description, save_encoder, stored_description
 from torchclr.progress import EpochMeter
-from torchclr.runlog import RunLog, prepare_run_folder
+from torchclr.runlog import RunLog, lock_run_folder, prepare_run_folder
 from torchclr.runtime import autocast_dtype, resolve_device, say, seed_everything, training_dtype, wrap_for_training
 from torchclr.step import StepContext, training_step
 from torchclr.transforms.ablation import AblationOps
@@ -251,8 +252,25 @@ def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Modu
     if encoder is not None:
         config = dataclasses.replace(config, arch=CUSTOM_ARCH, cifar_stem=None)
     device = resolve_device(config.device, distributed.local_rank())
-    with distributed.process_group(device, config.dist_timeout), StopSignals() as stop:
+    with distributed.process_group(device, config.dist_timeout), StopSignals() as stop, _run_folder_held(config.out_dir):
         return _pretrain(config, resume, device, stop, encoder, ablation)
+
+
+@contextmanager
+def _run_folder_held(out_dir: str) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock for the whole run. Every rank learns whether it got it, so that a refusal
+    ends all processes in one line instead of leaving the others waiting at a barrier."""
+    with ExitStack() as held:
+        refusal = None
+        if distributed.rank() == 0:
+            try:
+                held.enter_context(lock_run_folder(out_dir))
+            except UserError as err:
+                refusal = str(err)
+        refusal = distributed.all_gather_objects(refusal)[0]
+        if refusal is not None:
+            raise UserError(refusal)
+        yield
 
 
 def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,

@@ -153,6 +153,62 @@ def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> None:
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi), what="the figure")
 
 
+@contextmanager
+def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[None]:
+    """Hold the file `lock` (holding this process's pid) while inside, so that two processes never write `path`
+    (given as `option`) at once: a live holder is refused in one line, a dead one's lock is taken over with a note.
+
+    The pid is written to a temporary file first and linked to `lock`: the lock never exists empty, so a process
+    that reads it in between never takes a starting holder for a dead one.
+    """
+    try:
+        fd, name = tempfile.mkstemp(dir=lock.parent, prefix=f".{lock.name}.", suffix=TEMP_SUFFIX)
+    except OSError as err:
+        raise UserError(describe_error(err, lock, "the lock file")) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(name, lock)
+                break
+            except FileExistsError:
+                holder = _pid_in(lock)
+                if holder is not None and _alive(holder):
+                    raise UserError(f"{option} {path} is being written by another torchclr {command} (pid {holder}, "
+                                    f"lock {lock}); wait for it, or give another {option}") from None
+                print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
+                lock.unlink(missing_ok=True)
+            except OSError as err:
+                raise UserError(describe_error(err, lock, "the lock file")) from None
+    finally:
+        os.unlink(name)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_in(lock: Path) -> int | None:
+    try:
+        text = lock.read_text()[:20].strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: Path, pattern: str) -> list[Path]:
     """Delete temporary files of writes whose process was killed (only this module's naming: `.NAME.*.tmp`)."""
     stale = [p for p in folder.glob(f".{pattern}.*{TEMP_SUFFIX}") if p.is_file()]
