@@ -3,6 +3,7 @@ and `--resume` onto other data or onto a finished run says what it does."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from test_bad_inputs import _one_line_error
+from torchclr.cli import main
 from torchclr.runlog import RUN_LOCK
 
 TINY = ["--batch-size", "4", "--image-size", "8", "--knn-every", "0", "--warmup-epochs", "0", "--no-progress",
@@ -66,3 +68,81 @@ def test_a_run_folder_lock_of_a_live_process_refuses_pretrain_before_any_work(tm
     line = _one_line_error(["pretrain", "--data", str(data), "--out-dir", str(out), *TINY, "--epochs", "1"], capsys)
     assert f"is being written by another torchclr pretrain (pid {os.getppid()}" in line
     assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK]  # nothing written, the holder's lock kept
+
+
+# ---- --resume onto other data, or onto a finished run ----
+
+def _run(data: Path, out: Path, *extra: str) -> int:
+    return main(["pretrain", "--data", str(data), "--out-dir", str(out), *TINY, *extra])
+
+
+def _files(out: Path) -> dict[str, int]:
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished one-epoch run on 8 images, and its data."""
+    root = tmp_path_factory.mktemp("finished")
+    data = _images(root / "d", 8)
+    assert _run(data, root / "run", "--epochs", "1") == 0
+    return data, root / "run"
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("other", ["more images", "as many, other names"])
+def test_resume_onto_other_data_is_refused_in_one_line(other: str, finished_run: tuple[Path, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    _, run = finished_run
+    out = _copy(run, tmp_path)
+    data = _images(tmp_path / "other", 12) if other == "more images" else _images(tmp_path / "other", 8, seed=1)
+    if other != "more images":
+        for path in data.iterdir():
+            path.rename(path.with_name("x" + path.name))
+    before = _files(out)
+    line = _one_line_error(["pretrain", "--data", str(data), "--out-dir", str(out), *TINY, "--epochs", "2", "--resume"], capsys)
+    assert f"--data {data} is not the data checkpoint {out / 'checkpoints'}" in line and "--resume-other-data" in line
+    assert ("12 images against the checkpoint's 8" if other == "more images" else "as many images, but other names") in line
+    assert _files(out) == before  # nothing written
+
+
+@pytest.mark.slow
+def test_resume_onto_other_data_goes_on_with_the_option_and_says_so(finished_run: tuple[Path, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    _, run = finished_run
+    out, data = _copy(run, tmp_path), _images(tmp_path / "other", 12)
+    assert _run(data, out, "--epochs", "2", "--resume", "--resume-other-data") == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "resume-other-data" in line]
+    assert len(notes) == 1 and notes[0].startswith("torchclr: note: --data ") and "continuing on it" in notes[0]
+    assert (out / "checkpoints" / "epoch-0002.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_resume_onto_a_finished_run_says_so_and_changes_nothing(finished_run: tuple[Path, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    data, run = finished_run
+    out = _copy(run, tmp_path)
+    copied_data = tmp_path / "moved"  # the same images elsewhere (copied: other mtimes) are the same data
+    shutil.copytree(data, copied_data)
+    before = _files(out)
+    assert _run(copied_data, out, "--epochs", "1", "--resume") == 0
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said[-1] == (f"torchclr: the run in {out} is finished (step 2, epoch 1); nothing to do: give a larger --epochs "
+                        "to train on, or --overwrite to start again")
+    assert _files(out) == before
+    assert _run(copied_data, out, "--epochs", "2", "--resume") == 0  # a larger --epochs trains on
+    assert (out / "checkpoints" / "epoch-0002.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(finished_run: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = finished_run
+    out = _copy(run, tmp_path)
+    (out / "encoder.safetensors").unlink()  # killed between the last checkpoint and the encoder
+    assert _run(data, out, "--epochs", "1", "--resume") == 0
+    assert (out / "encoder.safetensors").is_file()

@@ -17,7 +17,7 @@ import yaml
 
 from torchclr.checkpoint import remove_stale_temporaries
 from torchclr.errors import UserError
-from torchclr.writer import locked
+from torchclr.writer import locked, write_text
 
 # epoch-0003.safetensors: after 3 epochs; epoch-0003-step-00000420.safetensors: mid-epoch 4, at global step 420.
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensors$")
@@ -107,13 +107,18 @@ class RunLog:
         if "knn_top1" in record:
             self._monitor.append((record["epoch"], record["knn_top1"]))
 
+    def last_epoch_record(self) -> dict[str, Any]:
+        """The last epoch's line of metrics.jsonl (what `pretrain` returns), {} when there is none."""
+        return next((record for _, record in reversed(self._records()) if "epoch_loss" in record), {})
+
     def truncate_after(self, step: int) -> None:
         """Drop metric lines past the checkpoint a resume starts from, so the curves never double back."""
         path = self.dir / "metrics.jsonl"
         if not self.enabled or not path.exists():
             return
-        kept = [line for line, record in self._records() if record.get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = "".join(line + "\n" for line, record in self._records() if record.get("step", 0) <= step)
+        if kept != path.read_text(errors="replace"):  # else nothing past the checkpoint and no cut line: left as it is
+            write_text(path, kept, what="the run's metrics")
         self._curve, self._monitor = [], []
         self._read_back_metrics()
 

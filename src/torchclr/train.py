@@ -76,6 +76,7 @@ class Pretraining:
     health: EpochHealth | None  # label-free health of the representation (torchclr.health), if measured
     peak_lr: float
     device: torch.device
+    data: dict[str, Any]  # the training data's identity (ImageSet.identity), kept in checkpoints for --resume
     collapsed: bool = False  # --stop-on-collapse saw a collapse: the run ends after this epoch
 
 
@@ -125,7 +126,7 @@ class Pretraining:
         path = self.run.checkpoint_path(position.epoch, position.step if mid_epoch else None)
         if self.main:
             info = {"config": config_as_json(self.config), "model": model_description(self.config), "epoch": position.epoch,
-                    "step": position.step, "epoch_step": position.epoch_step, "budget": self.length.state()}
+                    "step": position.step, "epoch_step": position.epoch_step, "budget": self.length.state(), "data": self.data}
             checkpoint.save_training(path, self.model, self.ctx.optimizer, self.peak_lr, self.views.generator, info,
                                      self.ctx.scaler, augment_states)
             self.run.prune(self.config.keep_checkpoints)
@@ -175,6 +176,27 @@ class Pretraining:
         last = self.length.epochs is not None and self.length.done(position.step)
         return bool(every) and ((position.epoch + 1) % every == 0 or last)
 
+    def check_same_data(self, meta: dict[str, Any], path: Path) -> None:
+        """Refuse to resume on other data than the checkpoint's (its step would index other images) unless
+        --resume-other-data asks for it, and then say so. Checkpoints older than this record are not checked."""
+        theirs = meta.get("data")
+        if not isinstance(theirs, dict) or theirs == self.data:
+            return
+        differ = (f"{self.data['images']} images against the checkpoint's {theirs.get('images')}"
+                  if theirs.get("images") != self.data["images"] else "as many images, but other names, labels or order")
+        other = f"--data {self.config.data} is not the data checkpoint {path} was trained on ({differ})"
+        if not self.config.resume_other_data:
+            raise UserError(f"{other}; give the run's own --data, or --resume-other-data to continue on this data")
+        if self.main:
+            print(f"torchclr: note: {other}; continuing on it (--resume-other-data)", file=sys.stderr, flush=True)
+
+    def finished(self, position: Position) -> bool:
+        """Whether the run resumed had already ended: its length reached and its encoder written after its last
+        checkpoint (a run killed between the two is not finished: its end, encoder and final report, is redone)."""
+        encoder, last = self.run.dir / "encoder.safetensors", self.run.latest_checkpoint()
+        return (self.length.done(position.step) and encoder.is_file() and last is not None
+                and encoder.stat().st_mtime_ns >= last.stat().st_mtime_ns)
+
     def start_fresh(self) -> Position:
         """A new run: the encoder from --init's weights if given, and room for checkpoints (checked now rather
         than after the first epoch)."""
@@ -198,6 +220,7 @@ class Pretraining:
         if mine != theirs:
             shift = " (a run of torchclr 0.2 resumes with --head-shift)" if theirs["head_shift"] != mine["head_shift"] else ""
             raise UserError(f"checkpoint {path} was written for {theirs} but this run builds {mine}{shift}")
+        self.check_same_data(meta, path)
         checkpoint.load_model_state(self.model, checkpoint.model_tensors(tensors), path, f"{self.config.arch}")
         # rng.augment is rank 0's augmentation stream; every other rank takes its own, or keeps its fresh seed when
         # the checkpoint comes from a run with fewer processes.
@@ -277,6 +300,10 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
               encoder: nn.Module | None, ablation: AblationOps | None) -> dict[str, Any]:
     job = build_pretraining(config, device, encoder, ablation, resume=resume)
     position = job.restore(resume) if resume else job.start_fresh()
+    if resume and job.finished(position):
+        say(f"torchclr: the run in {config.out_dir} is finished (step {position.step}, epoch {position.epoch}); nothing "
+            "to do: give a larger --epochs to train on, or --overwrite to start again")
+        return job.run.last_epoch_record()
     job.run.write_config(job.config)
     job.ctx.guard = FiniteGuard(job.model, position.step, config.skip_nonfinite_steps)
     job.length.start(position.step)
@@ -349,7 +376,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
     say(plan.describe())
     return Pretraining(config=config, model=model, ctx=ctx, views=batches, length=length, run=run, labelled=labelled,
-                       monitor_every=monitor_every, health=health, peak_lr=peak_lr, device=device)
+                       monitor_every=monitor_every, health=health, peak_lr=peak_lr, device=device, data=images.identity())
 
 
 def run_length(config: PretrainConfig, steps_per_epoch: int, device: torch.device) -> RunLength:

@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from torchclr.data.names import PackedNames
@@ -65,6 +66,15 @@ class ImageSet:
         assert self.read_bytes is not None
         name = self.names[index]
         return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side)
+
+
+    def identity(self) -> dict[str, Any]:
+        """What `pretrain --resume` compares with the checkpoint's data: the count and a digest of the names and
+        labels in order, not of where the files lie or when they were touched (a copied folder is the same data)."""
+        digest = hashlib.sha256(np.asarray(self.labels, dtype=np.int64).tobytes())
+        for name in self.names:
+            digest.update(name.encode() + b"\0")
+        return {"images": len(self), "sha256": digest.hexdigest()}
 
 
 def open_images(spec: str, split: str, download: bool = False, policy: ReadPolicy | None = None) -> ImageSet:
