@@ -287,7 +287,7 @@ def test_full_cache_folder_keeps_the_data_in_memory(tmp_path: Path, monkeypatch:
     def no_space(*_: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cache, "_save_atomically", no_space)
+    monkeypatch.setattr(cache, "replace_file", no_space)
     held = materialize(open_images(str(_good_folder(tmp_path / "d", 3)), "train"), 12, tmp_path / "cache")
     assert held.tensor is not None and len(held.tensor) == 3
     assert "No space left on device" in capsys.readouterr().err

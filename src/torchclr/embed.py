@@ -28,7 +28,7 @@ from torchclr.errors import UserError
 from torchclr.evaluate.features import DecodedCentreViews, batch_features
 from torchclr.options import check_number
 from torchclr.pretrained import load_encoder, load_head
-from torchclr.writer import check_output, signals_raise, write_atomically, write_json
+from torchclr.writer import check_output, csv_writer, npy_writer, signals_raise, write_atomically, write_json
 
 FORMATS = (".npy", ".parquet")
 
@@ -137,18 +137,10 @@ def _finish(out: Path, sidecar: Path, vectors: np.ndarray, images: ImageSet, kep
         table = pa.table({"name": names, "label": labels, "class": classes, "embedding": column})
         write_atomically(out, lambda tmp: pa.parquet.write_table(table, tmp), what="the embeddings")
     else:
-        def write_names(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["index", "name", "label", "class"])
-                writer.writerows(zip(range(len(names)), names, labels, classes))
-
-        def write_vectors(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:  # a handle: np.save would add .npy to the temporary name
-                np.save(handle, vectors)
-
-        write_atomically(out, write_vectors, what="the embeddings")
-        write_atomically(out.with_suffix(".csv"), write_names, what="the embeddings' names")
+        write_atomically(out, npy_writer(vectors), what="the embeddings")
+        write_atomically(out.with_suffix(".csv"), csv_writer(["index", "name", "label", "class"],
+                                                             zip(range(len(names)), names, labels, classes)),
+                         what="the embeddings' names")
     write_json(sidecar, {**meta, "classes": list(images.classes), "format": out.suffix[1:]}, what="the embeddings' description")
 
 

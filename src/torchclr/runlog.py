@@ -17,7 +17,7 @@ import yaml
 
 from torchclr.checkpoint import remove_stale_temporaries
 from torchclr.errors import UserError
-from torchclr.writer import locked, write_text
+from torchclr.writer import append_line, locked, save_figure, write_text
 
 # epoch-0003.safetensors: after 3 epochs; epoch-0003-step-00000420.safetensors: mid-epoch 4, at global step 420.
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensors$")
@@ -125,7 +125,7 @@ class RunLog:
     def write_config(self, config: Any) -> None:
         if self.enabled:
             values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-            (self.dir / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+            write_text(self.dir / "config.yaml", yaml.safe_dump(values, sort_keys=False), what="the run's config")
 
     @property
     def tensorboard(self) -> Any:
@@ -145,8 +145,7 @@ class RunLog:
         """One JSON line plus a TensorBoard scalar for each number (step-indexed)."""
         if not self.enabled:
             return
-        with open(self.dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.dir / "metrics.jsonl", json.dumps(record), what="the run's metrics")
         step, writer = record["step"], self.tensorboard
         for key, value in record.items():
             if writer is not None and key not in ("step", "epoch") and isinstance(value, (int, float)):
@@ -176,7 +175,7 @@ class RunLog:
             axes[0][1].plot(epochs, accs, marker="o")
             axes[0][1].set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
         fig.tight_layout()
-        fig.savefig(self.dir / "loss_curve.png", dpi=100)
+        save_figure(fig, self.dir / "loss_curve.png")
         plt.close(fig)
 
     def checkpoint_path(self, epochs_done: int, step: int | None = None) -> Path:

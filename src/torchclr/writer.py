@@ -10,6 +10,7 @@ in `--json`. A missing folder is created, with a one-line note (the same rule fo
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -18,7 +19,9 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from torchclr.errors import UserError
 from torchclr.interrupt import Interrupted
@@ -96,8 +99,9 @@ def signals_raise(what: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def replace_file(path: str | Path, write: Callable[[Path], None], check: Callable[[Path], Any] | None = None) -> Any:
-    """`write(temporary)` then `check(temporary)` (its result is returned), fsync and rename onto `path`.
+def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable[[Path], Any] | None = None) -> Any:
+    """`write(temporary)` then `check(temporary)`, fsync and rename onto `path`; returns what `check` returns (what
+    `write` returns when there is no check).
 
     Any failure (an exception from `write` or `check`, a full disk, a signal) removes the temporary file and leaves
     `path` as it was; OSErrors propagate (see `write_atomically` for the one-line form).
@@ -108,8 +112,9 @@ def replace_file(path: str | Path, write: Callable[[Path], None], check: Callabl
     tmp = Path(name)
     try:
         with signals_raise(str(path)):
-            write(tmp)
-            result = check(tmp) if check is not None else None
+            result = write(tmp)
+            if check is not None:
+                result = check(tmp)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -134,6 +139,38 @@ def bytes_writer(data: bytes) -> Callable[[Path], None]:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
             handle.write(data)
     return write
+
+
+def npy_writer(array: np.ndarray) -> Callable[[Path], None]:
+    """A `write` for `replace_file` that puts `array` in the file as .npy (through a handle: `np.save` given a name
+    would add .npy to the temporary one)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    return write
+
+
+def csv_writer(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Callable[[Path], None]:
+    """A `write` for `replace_file` that puts `header` and `rows` in the file as CSV."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            table = csv.writer(handle)
+            table.writerow(header)
+            table.writerows(rows)
+    return write
+
+
+def append_line(path: str | Path, line: str, *, what: str, sync: bool = False) -> None:
+    """Append `line` and a newline to a log in one write (fsynced with `sync`): a killed process leaves at most a
+    cut last line, which the logs' readers drop. An OSError is one line naming `what`."""
+    try:
+        with open(path, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+    except OSError as err:
+        raise UserError(describe_error(err, Path(path), what)) from None
 
 
 def write_bytes(path: str | Path, data: bytes, *, what: str) -> None:

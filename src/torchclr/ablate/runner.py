@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torchclr.errors import UserError
 from torchclr.options import check_seed
-from torchclr.writer import write_json, write_text
+from torchclr.writer import append_line, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -294,10 +294,7 @@ def run_cells(cells: list[Cell], seeds: tuple[int, ...], budget: Budget, subset:
     results_file.parent.mkdir(parents=True, exist_ok=True)
     for number, (cell, seed) in enumerate(todo, start=1):
         result = run_cell(cell, seed, budget, subset, results_file.parent / "work", device)
-        with results_file.open("a") as handle:  # one write of a whole line; a cut one is dropped by read_results
-            handle.write(json.dumps(result) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_line(results_file, json.dumps(result), what="ablation results", sync=True)  # a cut line: see read_results
         shown = ", ".join(f"{k} {v}" for k, v in result.items() if k.startswith("knn") or k in ("diverged", "seconds"))
         say(f"[{number}/{len(todo)}] {cell.name} seed {seed}: {shown}")
     return read_results(results_file)
