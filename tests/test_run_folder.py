@@ -146,3 +146,18 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(finished_r
     (out / "encoder.safetensors").unlink()  # killed between the last checkpoint and the encoder
     assert _run(data, out, "--epochs", "1", "--resume") == 0
     assert (out / "encoder.safetensors").is_file()
+
+
+# ---- the data line, and what decoding left out ----
+
+@pytest.mark.slow
+def test_images_skipped_when_decoding_are_counted_with_the_images_used(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _images(tmp_path / "d", 24)
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")  # a JPEG cut after its header
+    (data / "empty.png").write_bytes(b"")  # a zero-byte file, left out when listing
+    assert _run(data, tmp_path / "run", "--epochs", "1", "--data-mode", "memory") == 0
+    out, err = capsys.readouterr()
+    assert f"data: 25 images in {data}" in out  # listed: the zero-byte file is already out, the broken JPEG not yet
+    (line,) = [line for line in err.splitlines() if "skipped" in line]
+    assert line == (f"torchclr: skipped 2 of 26 image files (1 zero-byte, 1 truncated or corrupt), 1 when listing and 1 "
+                    f"when decoding; 24 images used; list in {tmp_path / 'run' / 'skipped_files.csv'}")

@@ -347,11 +347,15 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers,
                          config.proj_dim, encoder, zero_init_residual=config.zero_init_residual, head_shift=config.head_shift)
     dtype = training_dtype(dtype, device, config)
-    listed = len(images) + len(images.skipped)
+    skipped_listing = len(images.skipped)
+    listed = len(images) + skipped_listing
     batches = build_view_batches(config, images, sizes, device, rank=rank, world=world, ablation=ablation)
-    if images.skipped.entries and rank == 0:
+    if images.skipped.entries and rank == 0:  # the data line above counted the listed images; this one what is used
         images.skipped.write_csv(run.dir / "skipped_files.csv")
-        tqdm.write(f"torchclr: {images.skipped.summary(listed)}; list in {run.dir / 'skipped_files.csv'}", file=sys.stderr)
+        decoding = len(images.skipped) - skipped_listing
+        tqdm.write(f"torchclr: {images.skipped.summary(listed)}, {skipped_listing} when listing and {decoding} when "
+                   f"decoding; {listed - len(images.skipped):,} images used; list in {run.dir / 'skipped_files.csv'}",
+                   file=sys.stderr)
     if batches.steps_per_epoch < 1:
         raise UserError(f"data {images.origin}: too few usable images for one step of --batch-size {config.batch_size} "
                         f"({images.skipped.summary(listed)})")
