@@ -194,11 +194,12 @@ def test_bad_files_in_a_folder_are_skipped_and_counted(name: str, tmp_path: Path
         assert "bytes is over" in images.skipped.entries[0].detail  # caught by its size when listed: never read
 
 
-ZIP_SKIPS: dict[str, tuple[Callable[[Path], Path], str]] = {
-    "member with a bad CRC": (lambda p: _zip_with(p / "z.zip", {"bad.png": _png(seed=9)}, corrupt=True), "bad CRC"),
-    "member over --max-file-mb": (lambda p: _zip_with(p / "z.zip", {"big.png": _png() + b"\0" * (1 << 20)}), "too large"),
-    "zero-byte member": (lambda p: _zip_with(p / "z.zip", {"empty.png": b""}), "zero-byte"),
-    "member that is not an image": (lambda p: _zip_with(p / "z.zip", {"readme.png": b"plain text"}), "not an image"),
+# make(folder, folder_in_the_zip): the zip, holding the bad member (under folder_in_the_zip, e.g. "train/a/")
+ZIP_SKIPS: dict[str, tuple[Callable[..., Path], str]] = {
+    "member with a bad CRC": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}bad.png": _png(seed=9)}, corrupt=True), "bad CRC"),
+    "member over --max-file-mb": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}big.png": _png() + b"\0" * (1 << 20)}), "too large"),
+    "zero-byte member": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}empty.png": b""}), "zero-byte"),
+    "member that is not an image": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}readme.png": b"plain text"}), "not an image"),
 }
 
 

@@ -117,6 +117,11 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, *, split: str = "t
         undecodable = [_name(images, i) for i in np.flatnonzero(~mask)]
         meta["count"] = len(images) - len(undecodable)
         meta["skipped"] = [*(bad.where for bad in images.skipped.entries), *undecodable]  # listing time, then decoding
+        if not mask.any():  # zero vectors with exit code 0 would look like a result
+            del work
+            remove_work(out_path)
+            raise UserError(f"data {images.origin}: every image file is bad: none of its {len(meta['skipped'])} image "
+                            f"files could be read and decoded (first: {meta['skipped'][0]}); nothing was written")
         _finish(out_path, sidecar, np.asarray(work.vectors)[mask], images, np.flatnonzero(mask), meta)
         del work
         remove_work(out_path)
