@@ -207,6 +207,7 @@ def _open_shards(path: Path, origin: str) -> ImageSet:
 def _open_zip(path: Path, split: str, label: str, policy: ReadPolicy) -> ImageSet:
     infos = zip_members(path, label)
     prefix = f"{split}/" if any(info.filename.startswith(f"{split}/") for info in infos) else ""
+    origin = f"{label}:{split}" if prefix else label  # every skip names a member origin/name, as its decoder does
     digest = hashlib.sha256()
     names: list[str] = []
     skipped = SkipLog(policy.strict)
@@ -217,13 +218,13 @@ def _open_zip(path: Path, split: str, label: str, policy: ReadPolicy) -> ImageSe
                 continue
             if info.file_size == 0 or info.file_size > policy.max_file_bytes:
                 kind = "zero-byte" if info.file_size == 0 else "too large"
-                skipped.add(BadFile(f"{label}/{info.filename}", kind, f"the member holds {info.file_size} bytes "
+                skipped.add(BadFile(f"{origin}/{name}", kind, f"the member holds {info.file_size} bytes "
                                     f"(limit: --max-file-mb {policy.max_file_bytes >> 20})"))
                 continue
             names.append(name)
             digest.update(f"{info.filename}\0{info.file_size}\0{info.CRC}\n".encode())
-    reader = ZipMemberReader(path, prefix, label, policy.max_file_bytes)
-    return _finish(f"{label}:{split}" if prefix else label, names, reader, digest, policy, skipped)
+    reader = ZipMemberReader(path, prefix, origin, policy.max_file_bytes)
+    return _finish(origin, names, reader, digest, policy, skipped)
 
 
 def _open_torchvision(kind: str, root: str, split: str, download: bool) -> ImageSet:
