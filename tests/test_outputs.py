@@ -134,8 +134,14 @@ def test_a_second_embed_on_one_out_is_refused(tmp_path: Path) -> None:
             pass
     lock.write_text("999999999")  # a process that is gone: its lock is taken over
     with embed_work.locked(out):
-        assert lock.read_text() == str(os.getpid())
+        assert lock.read_text().split()[0] == str(os.getpid())
     assert not lock.exists()
+    lock.write_text(f"{os.getpid()} 1")  # this process's pid, but another start time: a dead holder whose pid came back
+    with embed_work.locked(out):
+        pass
+    with embed_work.locked(out), pytest.raises(UserError, match=f"pid {os.getpid()}"):  # this very process holds it
+        with embed_work.locked(out):
+            pass
 
 
 # ---- the writer ----

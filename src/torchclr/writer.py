@@ -192,26 +192,28 @@ def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> None:
 
 @contextmanager
 def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[None]:
-    """Hold the file `lock` (holding this process's pid) while inside, so that two processes never write `path`
-    (given as `option`) at once: a live holder is refused in one line, a dead one's lock is taken over with a note.
+    """Hold the file `lock` (holding this process's pid and start time) while inside, so that two processes never
+    write `path` (given as `option`) at once: a live holder is refused in one line, a dead one's lock is taken over
+    with a note.
 
-    The pid is written to a temporary file first and linked to `lock`: the lock never exists empty, so a process
-    that reads it in between never takes a starting holder for a dead one.
+    The holder is written to a temporary file first and linked to `lock`: the lock never exists empty, so a process
+    that reads it in between never takes a starting holder for a dead one. The start time tells a holder from a
+    later process that got its pid (after a SIGKILL, even this one).
     """
     try:
         fd, name = tempfile.mkstemp(dir=lock.parent, prefix=f".{lock.name}.", suffix=TEMP_SUFFIX)
     except OSError as err:
         raise UserError(describe_error(err, lock, "the lock file")) from None
     with os.fdopen(fd, "w") as handle:
-        handle.write(str(os.getpid()))
+        handle.write(_holder(os.getpid()))
     try:
         while True:
             try:
                 os.link(name, lock)
                 break
             except FileExistsError:
-                holder = _pid_in(lock)
-                if holder is not None and _alive(holder):
+                holder = _live_holder(lock)
+                if holder is not None:
                     raise UserError(f"{option} {path} is being written by another torchclr {command} (pid {holder}, "
                                     f"lock {lock}); wait for it, or give another {option}") from None
                 print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
@@ -226,17 +228,27 @@ def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[Non
         lock.unlink(missing_ok=True)
 
 
-def _pid_in(lock: Path) -> int | None:
+def _holder(pid: int) -> str:
+    """'PID START': the process's start time in clock ticks since boot (/proc); the pid alone where there is none."""
     try:
-        text = lock.read_text()[:20].strip()
+        return f"{pid} {Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return str(pid)
+
+
+def _live_holder(lock: Path) -> int | None:
+    """The pid of the live process that holds `lock`, or None (no such process, or another one now has its pid)."""
+    try:
+        text = lock.read_text()[:64].strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    pid = text.split()[0] if text else ""
+    if not pid.isdigit() or not _alive(int(pid)):
+        return None
+    return int(pid) if " " not in text or _holder(int(pid)) == text else None
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
