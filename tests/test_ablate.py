@@ -237,3 +237,74 @@ def test_batch_epochs_study_scales_the_learning_rate_linearly() -> None:
     extra = [c for c in cells if c.name.endswith("sqrt lr")]
     assert {c.settings["epochs"] for c in extra} == {budget.epoch_grid[0]} and len(extra) == len(budget.batch_sizes)
     assert all(c.settings["lr_scaling"] == "sqrt" for c in extra)
+
+
+# The command line with the tiny budget as --budget quick, in a process of its own (to be signalled).
+TINY_ABLATE = f"""
+import sys
+from torchclr.ablate import BUDGETS
+from torchclr.ablate.runner import Budget
+from torchclr.cli import main
+BUDGETS["quick"] = {TINY!r}
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _ablate_process(data: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TINY_ABLATE, "ablate", "head", "--budget", "quick", "--data", str(data),
+                             "--out", str(out), "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _recorded(results: Path) -> list[str]:
+    """The cells of the results file; every line must be a whole result."""
+    lines = results.read_text().splitlines() if results.exists() else []
+    return [f"{json.loads(line)['cell']}/{json.loads(line)['seed']}" for line in lines]
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_cell_records_nothing_of_it_and_the_rerun_redoes_it(tmp_path: Path, tiny_folder: Path) -> None:
+    """Three points: the first cell's pretraining, the second's, and the second's evaluation (its encoder written)."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    results, work = out / "head-quick.jsonl", out / "work"
+    points = [(0, work / "run.lock"), (1, work / "run.lock"), (1, work / "encoder.safetensors")]
+    for recorded, sign in points:
+        process = _ablate_process(tiny_folder, out)
+        deadline = time.monotonic() + 600
+        while not (len(_recorded(results)) == recorded and sign.exists()) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+        assert "stopped by SIGTERM during cell " in lines[-1] and "run the same command again to redo this cell" in lines[-1]
+        assert len(_recorded(results)) == recorded  # nothing of the interrupted cell, no half line
+    assert _recorded(results) == ["none/0"]
+    final = _ablate_process(tiny_folder, out)
+    said, err = final.communicate(timeout=600)
+    assert final.returncode == 0, err
+    assert "head-quick.jsonl: 1 cells done before, 2 to run" in said
+    assert sorted(_recorded(results)) == ["linear 8/0", "non-linear 8/0", "none/0"]
+    assert not work.exists()
+
+
+def test_a_signal_that_came_as_pretraining_ended_reaches_the_handler_before_it() -> None:
+    """Between a run's last step and its return the loop no longer looks at the flag; ablate's handler (which stops
+    between cells) must still see the signal."""
+    import os
+    import signal
+
+    from torchclr.interrupt import StopSignals
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGTERM and seen == []
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

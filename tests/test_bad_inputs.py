@@ -194,11 +194,12 @@ def test_bad_files_in_a_folder_are_skipped_and_counted(name: str, tmp_path: Path
         assert "bytes is over" in images.skipped.entries[0].detail  # caught by its size when listed: never read
 
 
-ZIP_SKIPS: dict[str, tuple[Callable[[Path], Path], str]] = {
-    "member with a bad CRC": (lambda p: _zip_with(p / "z.zip", {"bad.png": _png(seed=9)}, corrupt=True), "bad CRC"),
-    "member over --max-file-mb": (lambda p: _zip_with(p / "z.zip", {"big.png": _png() + b"\0" * (1 << 20)}), "too large"),
-    "zero-byte member": (lambda p: _zip_with(p / "z.zip", {"empty.png": b""}), "zero-byte"),
-    "member that is not an image": (lambda p: _zip_with(p / "z.zip", {"readme.png": b"plain text"}), "not an image"),
+# make(folder, folder_in_the_zip): the zip, holding the bad member (under folder_in_the_zip, e.g. "train/a/")
+ZIP_SKIPS: dict[str, tuple[Callable[..., Path], str]] = {
+    "member with a bad CRC": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}bad.png": _png(seed=9)}, corrupt=True), "bad CRC"),
+    "member over --max-file-mb": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}big.png": _png() + b"\0" * (1 << 20)}), "too large"),
+    "zero-byte member": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}empty.png": b""}), "zero-byte"),
+    "member that is not an image": (lambda p, at="": _zip_with(p / "z.zip", {f"{at}readme.png": b"plain text"}), "not an image"),
 }
 
 
@@ -287,7 +288,7 @@ def test_full_cache_folder_keeps_the_data_in_memory(tmp_path: Path, monkeypatch:
     def no_space(*_: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cache, "_save_atomically", no_space)
+    monkeypatch.setattr(cache, "replace_file", no_space)
     held = materialize(open_images(str(_good_folder(tmp_path / "d", 3)), "train"), 12, tmp_path / "cache")
     assert held.tensor is not None and len(held.tensor) == 3
     assert "No space left on device" in capsys.readouterr().err

@@ -3,6 +3,7 @@ work files checked on resume, output paths checked before the work, atomic write
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from test_bad_inputs import _good_folder, _one_line_error
+from test_reader import PACKAGE, _dotted
 from torchclr import embed_work, writer
 from torchclr.ablate.runner import read_results
 from torchclr.embed import Embeddings
@@ -132,8 +134,14 @@ def test_a_second_embed_on_one_out_is_refused(tmp_path: Path) -> None:
             pass
     lock.write_text("999999999")  # a process that is gone: its lock is taken over
     with embed_work.locked(out):
-        assert lock.read_text() == str(os.getpid())
+        assert lock.read_text().split()[0] == str(os.getpid())
     assert not lock.exists()
+    lock.write_text(f"{os.getpid()} 1")  # this process's pid, but another start time: a dead holder whose pid came back
+    with embed_work.locked(out):
+        pass
+    with embed_work.locked(out), pytest.raises(UserError, match=f"pid {os.getpid()}"):  # this very process holds it
+        with embed_work.locked(out):
+            pass
 
 
 # ---- the writer ----
@@ -214,3 +222,61 @@ def test_a_fresh_pretrain_into_a_run_folder_is_refused(tmp_path: Path, capsys: p
                             "--no-progress"], capsys)
     assert f"--out-dir {out} holds a run (metrics.jsonl, 1 checkpoint(s))" in line and "--overwrite" in line
     assert (out / "checkpoints" / "epoch-0002.safetensors").read_bytes() == b"old"
+
+
+# ---- the one writer: no module writes a file itself ----
+
+# The writer, and the places allowed to write without it (with why).
+WRITES_ALLOWED = {
+    "writer.py": "the writer",
+    "export.py": "each format's own save (torch.save, safetensors, TorchScript) writes the writer's temporary file",
+    "memory.py": "/proc/self/clear_refs is a kernel control, not a file",
+}
+WRITE_CALLS = {"json.dump", "np.save", "np.savez", "np.savez_compressed", "numpy.save", "torch.save", "save_file"}
+WRITE_METHODS = {"write_text", "write_bytes", "savefig"}
+
+
+def file_writes(source: str) -> list[str]:
+    """Every call in `source` that would write a file without the writer: the calls above, and `open` / `Path.open`
+    / `os.fdopen` with a mode that writes."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        method = node.func.attr if isinstance(node.func, ast.Attribute) else None
+        mode = None
+        if name in ("open", "os.fdopen") or method == "open":
+            position = 0 if method == "open" else 1
+            mode = node.args[position] if len(node.args) > position else \
+                next((k.value for k in node.keywords if k.arg == "mode"), None)
+        writes_mode = isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax+")
+        if name in WRITE_CALLS or method in WRITE_METHODS or writes_mode:
+            found.append(f"line {node.lineno}: {name}(...)")
+    return found
+
+
+def test_only_the_writer_writes_files() -> None:
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative not in WRITES_ALLOWED and (writes := file_writes(path.read_text())):
+            offenders[relative] = writes
+    assert offenders == {}, f"write files through torchclr.writer: {offenders}"
+    assert all((PACKAGE / name).is_file() for name in WRITES_ALLOWED)
+
+
+def test_the_source_walk_sees_each_way_of_writing_a_file() -> None:
+    snippet = """
+open(p, "w")
+open(p, mode="ab")
+path.open("a")
+os.fdopen(fd, "wb")
+path.write_text("x")
+json.dump(values, handle)
+np.save(handle, array)
+figure.savefig(p)
+torch.save(state, p)
+"""
+    assert len(file_writes(snippet)) == 9
+    assert file_writes('open(p)\nopen(p, "rb")\npath.open()\npath.read_text()\njson.dumps(v)\n') == []

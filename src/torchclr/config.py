@@ -176,6 +176,9 @@ class OutputOptions:
     out_dir: str = _opt("runs/simclr", "run folder: config, metrics.jsonl, loss curve, TensorBoard logs, checkpoints")
     overwrite: bool = _opt(False, "start afresh in an --out-dir that holds another run, removing that run's files first "
                            "(without it, such a folder is refused unless --resume continues it)")
+    resume_other_data: bool = _opt(False, "with --resume, continue on --data that is not the data the checkpoint was "
+                                   "trained on (other images, or the same in another order); without it, such a resume "
+                                   "is refused")
     keep_checkpoints: int = _opt(2, "checkpoints to keep (older ones are deleted; 0 keeps all)")
     save_every_steps: int = _opt(0, "also save a checkpoint every this many steps, mid-epoch (0: at epoch ends only); "
                                  "SIGTERM and SIGUSR1 always save one at the current step")

@@ -29,7 +29,7 @@ from torchclr.errors import UserError
 from torchclr.evaluate.features import DecodedCentreViews, batch_features
 from torchclr.options import check_number
 from torchclr.pretrained import load_encoder, load_head
-from torchclr.writer import check_output, signals_raise, write_atomically, write_json
+from torchclr.writer import check_output, csv_writer, npy_writer, signals_raise, write_atomically, write_json
 
 FORMATS = (".npy", ".parquet")
 
@@ -117,6 +117,11 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, *, split: str = "t
         undecodable = [_name(images, i) for i in np.flatnonzero(~mask)]
         meta["count"] = len(images) - len(undecodable)
         meta["skipped"] = [*(bad.where for bad in images.skipped.entries), *undecodable]  # listing time, then decoding
+        if not mask.any():  # zero vectors with exit code 0 would look like a result
+            del work
+            remove_work(out_path)
+            raise UserError(f"data {images.origin}: every image file is bad: none of its {len(meta['skipped'])} image "
+                            f"files could be read and decoded (first: {meta['skipped'][0]}); nothing was written")
         _finish(out_path, sidecar, np.asarray(work.vectors)[mask], images, np.flatnonzero(mask), meta)
         del work
         remove_work(out_path)
@@ -137,18 +142,10 @@ def _finish(out: Path, sidecar: Path, vectors: np.ndarray, images: ImageSet, kep
         table = pa.table({"name": names, "label": labels, "class": classes, "embedding": column})
         write_atomically(out, lambda tmp: pa.parquet.write_table(table, tmp), what="the embeddings")
     else:
-        def write_names(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["index", "name", "label", "class"])
-                writer.writerows(zip(range(len(names)), names, labels, classes))
-
-        def write_vectors(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:  # a handle: np.save would add .npy to the temporary name
-                np.save(handle, vectors)
-
-        write_atomically(out, write_vectors, what="the embeddings")
-        write_atomically(out.with_suffix(".csv"), write_names, what="the embeddings' names")
+        write_atomically(out, npy_writer(vectors), what="the embeddings")
+        write_atomically(out.with_suffix(".csv"), csv_writer(["index", "name", "label", "class"],
+                                                             zip(range(len(names)), names, labels, classes)),
+                         what="the embeddings' names")
     write_json(sidecar, {**meta, "classes": list(images.classes), "format": out.suffix[1:]}, what="the embeddings' description")
 
 

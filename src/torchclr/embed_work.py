@@ -14,63 +14,22 @@ import json
 import os
 import sys
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 import numpy as np
 
 from torchclr.data.reader import load_array
 from torchclr.errors import UserError
-from torchclr.writer import describe_error, write_json
+from torchclr.writer import describe_error, locked as writer_locked, write_json
 
 CRC_BLOCK = 1 << 16  # rows per block when checking a work file's checksum
 
 
-@contextmanager
-def locked(out: Path) -> Iterator[None]:
-    """Hold `OUT.lock` while inside; another live process holding it is refused in one line, a dead one's is taken."""
-    lock = out.with_name(out.name + ".lock")
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _pid_in(lock)
-            if holder is not None and _alive(holder):
-                raise UserError(f"--out {out} is being written by another torchclr embed (pid {holder}, lock {lock}); "
-                                "wait for it, or give another --out") from None
-            print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
-            lock.unlink(missing_ok=True)
-        except OSError as err:
-            raise UserError(describe_error(err, lock, "the lock file")) from None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _pid_in(lock: Path) -> int | None:
-    try:
-        text = lock.read_text()[:20].strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+def locked(out: Path) -> ContextManager[None]:
+    """`OUT.lock` held while embedding into `out` (see `writer.locked`)."""
+    return writer_locked(out.with_name(out.name + ".lock"), option="--out", path=out, command="embed")
 
 
 @dataclass

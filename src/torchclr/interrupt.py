@@ -20,7 +20,7 @@ class Interrupted(Exception):
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.signum, self.exit_code = signum, 128 + signum
 
 
 class StopSignals:
@@ -38,10 +38,15 @@ class StopSignals:
             self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Restore the handlers; a signal that came too late for the loop to act on (the run was ending) is passed
+        on to the handler that was there before when that is Python's (`torchclr ablate`'s stops between cells),
+        rather than lost."""
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if exc_type is None and self.received is not None and callable(previous.get(self.received)):
+            signal.raise_signal(self.received)
 
     def name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else ""

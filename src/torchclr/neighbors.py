@@ -7,7 +7,6 @@ share of neighbours with the query's class measures the representation).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,7 @@ from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import open_images
 from torchclr.embed import Embeddings
 from torchclr.errors import UserError
-from torchclr.writer import check_output, write_atomically
+from torchclr.writer import check_output, csv_writer, write_atomically
 
 BACKENDS = ("torch", "faiss")
 TILE = 96
@@ -139,16 +138,10 @@ def _describe(model: dict, image_size: int) -> str:
 
 
 def write_csv(path: str | Path, neighbours: Neighbours, bank: Embeddings, query_names: list[str]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["query", "rank", "neighbour", "class", "similarity"])
-            for row, query in enumerate(query_names):
-                for rank, (index, sim) in enumerate(zip(neighbours.indices[row], neighbours.similarities[row]), start=1):
-                    label = bank.labels[index]
-                    writer.writerow([query, rank, bank.names[index], bank.classes[label] if label >= 0 else "", f"{sim:.6f}"])
-
-    write_atomically(path, write, what="the neighbours (--out)")
+    rows = ([query, rank, bank.names[index], bank.classes[bank.labels[index]] if bank.labels[index] >= 0 else "", f"{sim:.6f}"]
+            for row, query in enumerate(query_names)
+            for rank, (index, sim) in enumerate(zip(neighbours.indices[row], neighbours.similarities[row]), start=1))
+    write_atomically(path, csv_writer(["query", "rank", "neighbour", "class", "similarity"], rows), what="the neighbours (--out)")
 
 
 def _tile(image: torch.Tensor | None, caption: str, size: int = TILE) -> Image.Image:

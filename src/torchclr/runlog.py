@@ -13,12 +13,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import yaml
 
 from torchclr.checkpoint import remove_stale_temporaries
 from torchclr.errors import UserError
+from torchclr.writer import append_line, locked, save_figure, write_text
 
 # epoch-0003.safetensors: after 3 epochs; epoch-0003-step-00000420.safetensors: mid-epoch 4, at global step 420.
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensors$")
@@ -28,6 +29,20 @@ CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{8,}))?\.safetensor
 RUN_FILES = ("metrics.jsonl", "config.yaml", "encoder.safetensors", "loss_curve.png", "skipped_files.csv", "linear_eval.json")
 RUN_FOLDERS = ("tensorboard", "report")
 PLOT_INTERVAL_S = 30.0  # loss_curve.png is redrawn at most this often during a run, and at its end
+
+
+RUN_LOCK = "run.lock"  # held by the process writing the folder (torchclr.writer.locked)
+
+
+def lock_run_folder(out_dir: str | Path) -> ContextManager[None]:
+    """The run folder's lock (OUT_DIR/run.lock), made with the folder: a second `pretrain` on the same --out-dir
+    is refused in one line instead of both writing (or one --overwrite clearing) the other's files."""
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out-dir {folder}: cannot create it ({err.strerror or err})") from None
+    return locked(folder / RUN_LOCK, option="--out-dir", path=folder, command="pretrain")
 
 
 def prepare_run_folder(out_dir: str | Path, *, resume: str | None, overwrite: bool, remove: bool = True) -> None:
@@ -96,20 +111,25 @@ class RunLog:
         if "knn_top1" in record:
             self._monitor.append((record["epoch"], record["knn_top1"]))
 
+    def last_epoch_record(self) -> dict[str, Any]:
+        """The last epoch's line of metrics.jsonl (what `pretrain` returns), {} when there is none."""
+        return next((record for _, record in reversed(self._records()) if "epoch_loss" in record), {})
+
     def truncate_after(self, step: int) -> None:
         """Drop metric lines past the checkpoint a resume starts from, so the curves never double back."""
         path = self.dir / "metrics.jsonl"
         if not self.enabled or not path.exists():
             return
-        kept = [line for line, record in self._records() if record.get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = "".join(line + "\n" for line, record in self._records() if record.get("step", 0) <= step)
+        if kept != path.read_text(errors="replace"):  # else nothing past the checkpoint and no cut line: left as it is
+            write_text(path, kept, what="the run's metrics")
         self._curve, self._monitor = [], []
         self._read_back_metrics()
 
     def write_config(self, config: Any) -> None:
         if self.enabled:
             values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-            (self.dir / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+            write_text(self.dir / "config.yaml", yaml.safe_dump(values, sort_keys=False), what="the run's config")
 
     @property
     def tensorboard(self) -> Any:
@@ -129,8 +149,7 @@ class RunLog:
         """One JSON line plus a TensorBoard scalar for each number (step-indexed)."""
         if not self.enabled:
             return
-        with open(self.dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.dir / "metrics.jsonl", json.dumps(record), what="the run's metrics")
         step, writer = record["step"], self.tensorboard
         for key, value in record.items():
             if writer is not None and key not in ("step", "epoch") and isinstance(value, (int, float)):
@@ -166,7 +185,7 @@ class RunLog:
             axes[0][1].plot(epochs, accs, marker="o")
             axes[0][1].set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
         fig.tight_layout()
-        fig.savefig(self.dir / "loss_curve.png", dpi=100)
+        save_figure(fig, self.dir / "loss_curve.png")
         plt.close(fig)
 
     def checkpoint_path(self, epochs_done: int, step: int | None = None) -> Path:

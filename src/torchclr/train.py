@@ -15,9 +15,10 @@ import dataclasses
 import math
 import signal
 import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from torchclr.models.encoders import CUSTOM_ARCH
 from torchclr.optim import build_optimizer, scaled_lr, set_learning_rate, warmup_cosine
 from torchclr.pretrained import config_as_json, model_description, save_encoder, stored_description
 from torchclr.progress import EpochMeter
-from torchclr.runlog import RunLog, prepare_run_folder
+from torchclr.runlog import RunLog, lock_run_folder, prepare_run_folder
 from torchclr.runtime import autocast_dtype, resolve_device, say, seed_everything, training_dtype, wrap_for_training
 from torchclr.step import StepContext, training_step
 from torchclr.transforms.ablation import AblationOps
@@ -75,6 +76,7 @@ class Pretraining:
     health: EpochHealth | None  # label-free health of the representation (torchclr.health), if measured
     peak_lr: float
     device: torch.device
+    data: dict[str, Any]  # the training data's identity (ImageSet.identity), kept in checkpoints for --resume
     collapsed: bool = False  # --stop-on-collapse saw a collapse: the run ends after this epoch
     writes: BackgroundWrites = field(default_factory=BackgroundWrites)  # checkpoints written beside training
 
@@ -127,7 +129,7 @@ class Pretraining:
         if self.main:
             self.flush()
             info = {"config": config_as_json(self.config), "model": model_description(self.config), "epoch": position.epoch,
-                    "step": position.step, "epoch_step": position.epoch_step, "budget": self.length.state()}
+                    "step": position.step, "epoch_step": position.epoch_step, "budget": self.length.state(), "data": self.data}
             checkpoint.save_training(path, self.model, self.ctx.optimizer, self.peak_lr, self.views.generator, info,
                                      self.ctx.scaler, augment_states, writes=self.writes)
         return path
@@ -188,6 +190,27 @@ class Pretraining:
         periodic = complete and (position.epoch + 1) % every == 0 if every else False
         return bool(every) and (periodic or self.length.done(position.step))
 
+    def check_same_data(self, meta: dict[str, Any], path: Path) -> None:
+        """Refuse to resume on other data than the checkpoint's (its step would index other images) unless
+        --resume-other-data asks for it, and then say so. Checkpoints older than this record are not checked."""
+        theirs = meta.get("data")
+        if not isinstance(theirs, dict) or theirs == self.data:
+            return
+        differ = (f"{self.data['images']} images against the checkpoint's {theirs.get('images')}"
+                  if theirs.get("images") != self.data["images"] else "as many images, but other names, labels or order")
+        other = f"--data {self.config.data} is not the data checkpoint {path} was trained on ({differ})"
+        if not self.config.resume_other_data:
+            raise UserError(f"{other}; give the run's own --data, or --resume-other-data to continue on this data")
+        if self.main:
+            print(f"torchclr: note: {other}; continuing on it (--resume-other-data)", file=sys.stderr, flush=True)
+
+    def finished(self, position: Position) -> bool:
+        """Whether the run resumed had already ended: its length reached and its encoder written after its last
+        checkpoint (a run killed between the two is not finished: its end, encoder and final report, is redone)."""
+        encoder, last = self.run.dir / "encoder.safetensors", self.run.latest_checkpoint()
+        return (self.length.done(position.step) and encoder.is_file() and last is not None
+                and encoder.stat().st_mtime_ns >= last.stat().st_mtime_ns)
+
     def start_fresh(self) -> Position:
         """A new run: the encoder from --init's weights if given, and room for checkpoints (checked now rather
         than after the first epoch)."""
@@ -211,6 +234,7 @@ class Pretraining:
         if mine != theirs:
             shift = " (a run of torchclr 0.2 resumes with --head-shift)" if theirs["head_shift"] != mine["head_shift"] else ""
             raise UserError(f"checkpoint {path} was written for {theirs} but this run builds {mine}{shift}")
+        self.check_same_data(meta, path)
         checkpoint.load_model_state(self.model, checkpoint.model_tensors(tensors), path, f"{self.config.arch}")
         # rng.augment is rank 0's augmentation stream; every other rank takes its own, or keeps its fresh seed when
         # the checkpoint comes from a run with fewer processes.
@@ -265,14 +289,35 @@ def pretrain(config: PretrainConfig, resume: str | None = None, encoder: nn.Modu
     if encoder is not None:
         config = dataclasses.replace(config, arch=CUSTOM_ARCH, cifar_stem=None)
     device = resolve_device(config.device, distributed.local_rank())
-    with distributed.process_group(device, config.dist_timeout), StopSignals() as stop:
+    with distributed.process_group(device, config.dist_timeout), StopSignals() as stop, _run_folder_held(config.out_dir):
         return _pretrain(config, resume, device, stop, encoder, ablation)
+
+
+@contextmanager
+def _run_folder_held(out_dir: str) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock for the whole run. Every rank learns whether it got it, so that a refusal
+    ends all processes in one line instead of leaving the others waiting at a barrier."""
+    with ExitStack() as held:
+        refusal = None
+        if distributed.rank() == 0:
+            try:
+                held.enter_context(lock_run_folder(out_dir))
+            except UserError as err:
+                refusal = str(err)
+        refusal = distributed.all_gather_objects(refusal)[0]
+        if refusal is not None:
+            raise UserError(refusal)
+        yield
 
 
 def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,
               encoder: nn.Module | None, ablation: AblationOps | None) -> dict[str, Any]:
     job = build_pretraining(config, device, encoder, ablation, resume=resume)
     position = job.restore(resume) if resume else job.start_fresh()
+    if resume and job.finished(position):
+        say(f"torchclr: the run in {config.out_dir} is finished (step {position.step}, epoch {position.epoch}); nothing "
+            "to do: give a larger --epochs to train on, or --overwrite to start again")
+        return job.run.last_epoch_record()
     job.run.write_config(job.config)
     job.ctx.guard = FiniteGuard(job.model, position.step, config.skip_nonfinite_steps)
     job.length.start(position.step)
@@ -317,11 +362,15 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
                          config.proj_dim, encoder, zero_init_residual=config.zero_init_residual, head_shift=config.head_shift,
                          in_channels=config.in_channels)
     dtype = training_dtype(dtype, device, config)
-    listed = len(images) + len(images.skipped)
+    skipped_listing = len(images.skipped)
+    listed = len(images) + skipped_listing
     batches = build_view_batches(config, images, sizes, device, rank=rank, world=world, ablation=ablation)
-    if images.skipped.entries and rank == 0:
+    if images.skipped.entries and rank == 0:  # the data line above counted the listed images; this one what is used
         images.skipped.write_csv(run.dir / "skipped_files.csv")
-        tqdm.write(f"torchclr: {images.skipped.summary(listed)}; list in {run.dir / 'skipped_files.csv'}", file=sys.stderr)
+        decoding = len(images.skipped) - skipped_listing
+        tqdm.write(f"torchclr: {images.skipped.summary(listed)}, {skipped_listing} when listing and {decoding} when "
+                   f"decoding; {listed - len(images.skipped):,} images used; list in {run.dir / 'skipped_files.csv'}",
+                   file=sys.stderr)
     if batches.steps_per_epoch < 1:
         raise UserError(f"data {images.origin}: too few usable images for one step of --batch-size {config.batch_size} "
                         f"({images.skipped.summary(listed)})")
@@ -346,7 +395,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
     say(plan.describe())
     return Pretraining(config=config, model=model, ctx=ctx, views=batches, length=length, run=run, labelled=labelled,
-                       monitor_every=monitor_every, health=health, peak_lr=peak_lr, device=device)
+                       monitor_every=monitor_every, health=health, peak_lr=peak_lr, device=device, data=images.identity())
 
 
 def run_length(config: PretrainConfig, steps_per_epoch: int, device: torch.device) -> RunLength:

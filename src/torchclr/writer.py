@@ -10,6 +10,7 @@ in `--json`. A missing folder is created, with a one-line note (the same rule fo
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -19,7 +20,9 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from torchclr.errors import UserError
 from torchclr.interrupt import Interrupted
@@ -97,8 +100,9 @@ def signals_raise(what: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def replace_file(path: str | Path, write: Callable[[Path], None], check: Callable[[Path], Any] | None = None) -> Any:
-    """`write(temporary)` then `check(temporary)` (its result is returned), fsync and rename onto `path`.
+def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable[[Path], Any] | None = None) -> Any:
+    """`write(temporary)` then `check(temporary)`, fsync and rename onto `path`; returns what `check` returns (what
+    `write` returns when there is no check).
 
     Any failure (an exception from `write` or `check`, a full disk, a signal) removes the temporary file and leaves
     `path` as it was; OSErrors propagate (see `write_atomically` for the one-line form).
@@ -109,8 +113,9 @@ def replace_file(path: str | Path, write: Callable[[Path], None], check: Callabl
     tmp = Path(name)
     try:
         with signals_raise(str(path)):
-            write(tmp)
-            result = check(tmp) if check is not None else None
+            result = write(tmp)
+            if check is not None:
+                result = check(tmp)
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -156,6 +161,38 @@ def bytes_writer(data: bytes) -> Callable[[Path], None]:
     return write
 
 
+def npy_writer(array: np.ndarray) -> Callable[[Path], None]:
+    """A `write` for `replace_file` that puts `array` in the file as .npy (through a handle: `np.save` given a name
+    would add .npy to the temporary one)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    return write
+
+
+def csv_writer(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Callable[[Path], None]:
+    """A `write` for `replace_file` that puts `header` and `rows` in the file as CSV."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            table = csv.writer(handle)
+            table.writerow(header)
+            table.writerows(rows)
+    return write
+
+
+def append_line(path: str | Path, line: str, *, what: str, sync: bool = False) -> None:
+    """Append `line` and a newline to a log in one write (fsynced with `sync`): a killed process leaves at most a
+    cut last line, which the logs' readers drop. An OSError is one line naming `what`."""
+    try:
+        with open(path, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+    except OSError as err:
+        raise UserError(describe_error(err, Path(path), what)) from None
+
+
 def write_bytes(path: str | Path, data: bytes, *, what: str) -> None:
     write_atomically(path, bytes_writer(data), what=what)
 
@@ -171,6 +208,74 @@ def write_json(path: str | Path, values: Any, *, what: str) -> None:
 def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> None:
     """A matplotlib figure as a PNG, atomically."""
     write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi), what="the figure")
+
+
+@contextmanager
+def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[None]:
+    """Hold the file `lock` (holding this process's pid and start time) while inside, so that two processes never
+    write `path` (given as `option`) at once: a live holder is refused in one line, a dead one's lock is taken over
+    with a note.
+
+    The holder is written to a temporary file first and linked to `lock`: the lock never exists empty, so a process
+    that reads it in between never takes a starting holder for a dead one. The start time tells a holder from a
+    later process that got its pid (after a SIGKILL, even this one).
+    """
+    try:
+        fd, name = tempfile.mkstemp(dir=lock.parent, prefix=f".{lock.name}.", suffix=TEMP_SUFFIX)
+    except OSError as err:
+        raise UserError(describe_error(err, lock, "the lock file")) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(_holder(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(name, lock)
+                break
+            except FileExistsError:
+                holder = _live_holder(lock)
+                if holder is not None:
+                    raise UserError(f"{option} {path} is being written by another torchclr {command} (pid {holder}, "
+                                    f"lock {lock}); wait for it, or give another {option}") from None
+                print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
+                lock.unlink(missing_ok=True)
+            except OSError as err:
+                raise UserError(describe_error(err, lock, "the lock file")) from None
+    finally:
+        os.unlink(name)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _holder(pid: int) -> str:
+    """'PID START': the process's start time in clock ticks since boot (/proc); the pid alone where there is none."""
+    try:
+        return f"{pid} {Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return str(pid)
+
+
+def _live_holder(lock: Path) -> int | None:
+    """The pid of the live process that holds `lock`, or None (no such process, or another one now has its pid)."""
+    try:
+        text = lock.read_text()[:64].strip()
+    except OSError:
+        return None
+    pid = text.split()[0] if text else ""
+    if not pid.isdigit() or not _alive(int(pid)):
+        return None
+    return int(pid) if " " not in text or _holder(int(pid)) == text else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def remove_stale_temporaries(folder: Path, pattern: str) -> list[Path]:

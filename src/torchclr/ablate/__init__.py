@@ -18,7 +18,7 @@ from torchclr.ablate import augment_pairs, batch_epochs, color_strength, head, l
 from torchclr.ablate.report import Summary, summarise, verdict
 from torchclr.ablate.runner import (BASE_RECIPE_NOTE, BUDGETS, Budget, Figures, Study, machine, prepare_subset,
                                    random_baseline, read_results, run_cells)
-from torchclr.writer import write_text
+from torchclr.writer import append_line, write_text
 
 # `all` runs them in this order: the long augment-pairs grid last.
 STUDIES: dict[str, Study] = {s.name: s for s in (color_strength.STUDY, head.STUDY, loss.STUDY, batch_epochs.STUDY,
@@ -38,8 +38,7 @@ def ablate(studies: list[str], budget: Budget, seeds: tuple[int, ...], data: str
     subset = prepare_subset(data, out, budget, say=say)
     random_baseline(subset, budget, out, device)
     if run and command:
-        with (out / "commands.txt").open("a") as handle:  # the report names the commands that made its results
-            handle.write(command + "\n")
+        append_line(out / "commands.txt", command, what="the ablation's commands")  # the report names them
     for name in studies if run else []:
         study = STUDIES[name]
         say(f"study {name} ({study.paper}), budget {budget.name}")

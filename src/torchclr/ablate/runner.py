@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any, Callable
 
 from torchclr.errors import UserError
 from torchclr.options import check_seed
-from torchclr.writer import write_json, write_text
+from torchclr.interrupt import Interrupted
+from torchclr.writer import append_line, signals_raise, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,15 @@ def knn_scores(networks: dict[str, Any], subset: Path, image_size: int, device_n
     return scores
 
 
+def _stopped_in(cell: Cell, seed: int, stop: BaseException, results_file: Path) -> Interrupted:
+    """A signal during a cell (its pretraining, which saves a checkpoint and stops, or its evaluation) as one line
+    for ablate: the cell's work is dropped, not resumed, so pretraining's "continue with --resume" would mislead."""
+    signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+    return Interrupted(signum, f"stopped by {signal.Signals(signum).name} during cell {cell.name!r} seed {seed}, which "
+                       f"is not recorded; the finished cells are in {results_file}; run the same command again to redo "
+                       "this cell and go on")
+
+
 def run_cells(cells: list[Cell], seeds: tuple[int, ...], budget: Budget, subset: Path, results_file: Path,
               device: str, say: Any = print) -> list[dict[str, Any]]:
     """Every (cell, seed) not yet in `results_file`, each appended to it as one JSON line when done; returns all."""
@@ -292,12 +303,13 @@ def run_cells(cells: list[Cell], seeds: tuple[int, ...], budget: Budget, subset:
     if len(finished):
         say(f"{results_file.name}: {len(finished)} cells done before, {len(todo)} to run")
     results_file.parent.mkdir(parents=True, exist_ok=True)
-    for number, (cell, seed) in enumerate(todo, start=1):
-        result = run_cell(cell, seed, budget, subset, results_file.parent / "work", device)
-        with results_file.open("a") as handle:  # one write of a whole line; a cut one is dropped by read_results
-            handle.write(json.dumps(result) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        shown = ", ".join(f"{k} {v}" for k, v in result.items() if k.startswith("knn") or k in ("diverged", "seconds"))
-        say(f"[{number}/{len(todo)}] {cell.name} seed {seed}: {shown}")
+    with signals_raise(f"ablation results {results_file} (run the same command again to go on)"):
+        for number, (cell, seed) in enumerate(todo, start=1):
+            try:
+                result = run_cell(cell, seed, budget, subset, results_file.parent / "work", device)
+            except (Interrupted, KeyboardInterrupt) as stop:
+                raise _stopped_in(cell, seed, stop, results_file) from None
+            append_line(results_file, json.dumps(result), what="ablation results", sync=True)  # a cut line: see read_results
+            shown = ", ".join(f"{k} {v}" for k, v in result.items() if k.startswith("knn") or k in ("diverged", "seconds"))
+            say(f"[{number}/{len(todo)}] {cell.name} seed {seed}: {shown}")
     return read_results(results_file)

@@ -14,10 +14,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from torchclr.data.sources import ImageSet
 from torchclr.errors import UserError
 from torchclr.runtime import default_workers
 from torchclr.transforms.centre import square
+from torchclr.writer import bytes_writer, npy_writer, replace_file
 
 STORED_SIZE_MULTIPLE = 8  # stored sides are rounded up to this
 STORED_SIZE_MAX_FACTOR = 4  # and never exceed this many view sides, whatever the smallest crop scale
@@ -235,30 +235,31 @@ def _load_padded_cache(cache_file: Path, count: int, channels: int) -> tuple[tor
 
 def _decode_into_cache(images: ImageSet, side: int, padded_side: int, sizes: torch.Tensor, cache_file: Path,
                        skip: set[str]) -> tuple[torch.Tensor, list[BadFile]]:
-    """Decode straight into a memory-mapped temporary file, then rename it: no second copy in RAM, no half file.
+    """Decode straight into a memory-mapped temporary file that the writer renames: no second copy in RAM, no half file.
 
     Best effort: a cache folder that is full or read-only costs speed on the next run, never this run."""
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomically(_sizes_file(cache_file), lambda handle: np.save(handle, sizes.numpy()))
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        os.close(fd)
-        shape = (len(images), images.policy.channels, padded_side, padded_side)
+    shape = (len(images), images.policy.channels, padded_side, padded_side)
+
+    def decode_into(tmp: Path) -> list[BadFile]:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    except OSError as err:
-        print(f"torchclr: note: could not write the cache file {cache_file} ({err.strerror or err}); "
-              "the data stays in memory for this run", file=sys.stderr)
-        tensor = torch.zeros((len(images), images.policy.channels, padded_side, padded_side), dtype=torch.uint8)
-        return tensor, _decode_all_padded(images, side, tensor, skip)
-    try:
         bad = _decode_all_padded(images, side, torch.from_numpy(array), skip)
         array.flush()
-        del array
-        os.replace(tmp, cache_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return bad
+
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(_sizes_file(cache_file), npy_writer(sizes.numpy()))
+        bad = replace_file(cache_file, decode_into)
+    except OSError as err:
+        _note_unwritable(cache_file, err)
+        tensor = torch.zeros(shape, dtype=torch.uint8)
+        return tensor, _decode_all_padded(images, side, tensor, skip)
     return torch.from_numpy(load_array(cache_file, mmap_mode="c")), bad
+
+
+def _note_unwritable(cache_file: Path, err: OSError) -> None:
+    print(f"torchclr: note: could not write the cache file {cache_file} ({err.strerror or err}); "
+          "the data stays in memory for this run", file=sys.stderr)
 
 
 def _skip_list_file(cache_file: Path) -> Path:
@@ -267,7 +268,7 @@ def _skip_list_file(cache_file: Path) -> Path:
 
 def _write_skip_list(cache_file: Path, bad: list[BadFile]) -> None:
     try:
-        _skip_list_file(cache_file).write_text(json.dumps([[b.where, b.kind, b.detail] for b in bad]))
+        replace_file(_skip_list_file(cache_file), bytes_writer(json.dumps([[b.where, b.kind, b.detail] for b in bad]).encode()))
     except OSError:  # without the list the cache is not trusted next time (see _read_skip_list): decoded again
         _sizes_file(cache_file).unlink(missing_ok=True)
 
@@ -316,10 +317,9 @@ def materialize(images: ImageSet, size: int | None = None, cache_dir: str | Path
         try:  # the skip list first: a cache file never exists without the list of its rows to leave out
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             _write_skip_list(cache_file, bad)
-            _save_atomically(cache_file, lambda handle: np.save(handle, tensor.numpy()))
+            replace_file(cache_file, npy_writer(tensor.numpy()))
         except OSError as err:
-            print(f"torchclr: note: could not write the cache file {cache_file} ({err.strerror or err}); "
-                  "the data stays in memory for this run", file=sys.stderr)
+            _note_unwritable(cache_file, err)
     return _without(images, tensor, bad)
 
 
@@ -354,15 +354,3 @@ def _decode_all(images: ImageSet, size: int) -> tuple[torch.Tensor, list[BadFile
         else:
             out[index] = torch.from_numpy(image)
     return out, sorted(bad, key=lambda b: b.where)
-
-
-def _save_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

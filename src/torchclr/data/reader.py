@@ -242,15 +242,16 @@ def zip_members(path: Path, label: str) -> list[zipfile.ZipInfo]:
 class ZipMemberReader:
     """Reads members of a zip in place; reopens the archive in each worker process (handles are not fork-safe)."""
 
-    def __init__(self, path: Path, prefix: str, label: str, max_bytes: int) -> None:
-        self.path, self.prefix, self.label, self.max_bytes = path, prefix, label, max_bytes
+    def __init__(self, path: Path, prefix: str, origin: str, max_bytes: int) -> None:
+        """`origin`: the set's name for the files (`ImageSet.origin`): a bad member is named as its decoder names it."""
+        self.path, self.prefix, self.origin, self.max_bytes = path, prefix, origin, max_bytes
         self._archive: zipfile.ZipFile | None = None
         self._pid = -1
 
     def __call__(self, name: str) -> bytes:
         if self._archive is None or self._pid != os.getpid():
             self._archive, self._pid = zipfile.ZipFile(self.path), os.getpid()
-        where = f"{self.label}/{self.prefix}{name}"
+        where = f"{self.origin}/{name}"
         try:
             with self._archive.open(self.prefix + name) as member:  # sizes were checked when listed; read no more
                 data = member.read(self.max_bytes + 1)

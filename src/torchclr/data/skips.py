@@ -8,13 +8,13 @@ to its folder. With `--strict` the first one stops the run instead, naming the f
 
 from __future__ import annotations
 
-import csv
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchclr.errors import UserError
+from torchclr.writer import csv_writer, write_atomically
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default limit (a 1 GiB RGBA image / 3)
 DEFAULT_MAX_FILE_MB = 256
@@ -63,8 +63,6 @@ class SkipLog:
         return f"skipped {len(self.entries)} of {total} image files (" + ", ".join(f"{n} {kind}" for kind, n in kinds) + ")"
 
     def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "kind", "detail"])
-            for bad in sorted(self.entries, key=lambda b: b.where):
-                writer.writerow([bad.where, bad.kind, bad.detail])
+        """The skipped files as CSV (file, kind, detail), written atomically."""
+        rows = ([bad.where, bad.kind, bad.detail] for bad in sorted(self.entries, key=lambda b: b.where))
+        write_atomically(path, csv_writer(["file", "kind", "detail"], rows), what="the list of skipped files")

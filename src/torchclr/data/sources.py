@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from torchclr.data.names import PackedNames
@@ -66,6 +67,15 @@ class ImageSet:
         name = self.names[index]
         return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side,
                             channels=self.policy.channels)
+
+
+    def identity(self) -> dict[str, Any]:
+        """What `pretrain --resume` compares with the checkpoint's data: the count and a digest of the names and
+        labels in order, not of where the files lie or when they were touched (a copied folder is the same data)."""
+        digest = hashlib.sha256(np.asarray(self.labels, dtype=np.int64).tobytes())
+        for name in self.names:
+            digest.update(name.encode() + b"\0")
+        return {"images": len(self), "sha256": digest.hexdigest()}
 
 
 def open_images(spec: str, split: str, download: bool = False, policy: ReadPolicy | None = None) -> ImageSet:
@@ -206,6 +216,7 @@ def _open_shards(path: Path, origin: str, policy: ReadPolicy) -> ImageSet:
 def _open_zip(path: Path, split: str, label: str, policy: ReadPolicy) -> ImageSet:
     infos = zip_members(path, label)
     prefix = f"{split}/" if any(info.filename.startswith(f"{split}/") for info in infos) else ""
+    origin = f"{label}:{split}" if prefix else label  # every skip names a member origin/name, as its decoder does
     digest = hashlib.sha256()
     names: list[str] = []
     skipped = SkipLog(policy.strict)
@@ -216,13 +227,13 @@ def _open_zip(path: Path, split: str, label: str, policy: ReadPolicy) -> ImageSe
                 continue
             if info.file_size == 0 or info.file_size > policy.max_file_bytes:
                 kind = "zero-byte" if info.file_size == 0 else "too large"
-                skipped.add(BadFile(f"{label}/{info.filename}", kind, f"the member holds {info.file_size} bytes "
+                skipped.add(BadFile(f"{origin}/{name}", kind, f"the member holds {info.file_size} bytes "
                                     f"(limit: --max-file-mb {policy.max_file_bytes >> 20})"))
                 continue
             names.append(name)
             digest.update(f"{info.filename}\0{info.file_size}\0{info.CRC}\n".encode())
-    reader = ZipMemberReader(path, prefix, label, policy.max_file_bytes)
-    return _finish(f"{label}:{split}" if prefix else label, names, reader, digest, policy, skipped)
+    reader = ZipMemberReader(path, prefix, origin, policy.max_file_bytes)
+    return _finish(origin, names, reader, digest, policy, skipped)
 
 
 def _open_torchvision(kind: str, root: str, split: str, download: bool) -> ImageSet:

@@ -118,17 +118,19 @@ class StreamedViews:
         self.sampler.set_epoch(epoch)
         self.position.skip = start_step * self.batch_size
         self.skipped, first_failure = 0, ""
-        for batch in self.loader:
-            if self.jpegs_on_device:
-                batch = pad_batch(decode_on_device(batch, self.side, self.device))
-            images, sizes, failures = batch
-            if failures:
-                self.skipped += len(failures)
-                first_failure = first_failure or failures[0]
-            if images is None or sizes is None:
-                raise UserError(f"no image of a batch of {len(failures)} could be decoded (first: {failures[0]})")
-            images = images.to(self.device, non_blocking=True)
-            yield self.augment.draw(images, self.generator, sizes.to(self.device, non_blocking=True))
-        if self.skipped:
-            print(f"torchclr: warning: epoch {epoch + 1} skipped {self.skipped} images that could not be decoded "
-                  f"(replaced by others of their batch; first: {first_failure})", file=sys.stderr, flush=True)
+        try:
+            for batch in self.loader:
+                if self.jpegs_on_device:
+                    batch = pad_batch(decode_on_device(batch, self.side, self.device))
+                images, sizes, failures = batch
+                if failures:
+                    self.skipped += len(failures)
+                    first_failure = first_failure or failures[0]
+                if images is None or sizes is None:
+                    raise UserError(f"no image of a batch of {len(failures)} could be decoded (first: {failures[0]})")
+                images = images.to(self.device, non_blocking=True)
+                yield self.augment.draw(images, self.generator, sizes.to(self.device, non_blocking=True))
+        finally:  # also when the loop stops drawing (the run's last step): a skip is never left unsaid
+            if self.skipped:
+                print(f"torchclr: warning: epoch {epoch + 1} skipped {self.skipped} images that could not be decoded "
+                      f"(replaced by others of their batch; first: {first_failure})", file=sys.stderr, flush=True)

@@ -22,10 +22,16 @@ from torchclr.transforms.centre import centre_crop, centre_view, stored_side
 
 
 def eval_images(images: ImageSet, image_size: int) -> torch.Tensor:
-    """uint8 [N, 3, S, S] centre views; small images (<= 64 px) are only resized, never cropped."""
-    held = materialize(images, stored_side(image_size)).tensor
-    assert held is not None
-    return centre_crop(held, image_size)
+    """uint8 [N, 3, S, S] centre views; small images (<= 64 px) are only resized, never cropped. Files that fail to
+    decode are left out (and recorded in `images.skipped`): see `held_eval_set` for the labels that remain."""
+    return held_eval_set(images, image_size)[1]
+
+
+def held_eval_set(images: ImageSet, image_size: int) -> tuple[ImageSet, torch.Tensor]:
+    """The set without the files that fail to decode (its labels then still match the views), and its centre views."""
+    held = materialize(images, stored_side(image_size))
+    assert held.tensor is not None
+    return held, centre_crop(held.tensor, image_size)
 
 
 class CentreViews(Dataset):

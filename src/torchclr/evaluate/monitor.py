@@ -9,6 +9,7 @@ waits idle on another's extraction.
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torchclr.data.plan import fits_in_memory
 from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import ImageSet, has_split, open_images
 from torchclr.errors import UserError
-from torchclr.evaluate.features import eval_images, extract_features, streamed_views
+from torchclr.evaluate.features import eval_images, extract_features, held_eval_set, streamed_views
 from torchclr.evaluate.finetune import FinetuneSettings, finetune
 from torchclr.evaluate.knn import accuracy, knn_predict
 from torchclr.evaluate.linear import LinearSettings, linear_eval
@@ -46,7 +47,9 @@ class EvalSplit:
     def open(cls, images: ImageSet, image_size: int) -> "EvalSplit":
         # Every process holds its own copy, so the share of memory is split between them.
         small = fits_in_memory(len(images) * 3 * image_size * image_size * distributed.world_size())
-        held = eval_images(images, image_size) if small else None
+        held = None
+        if small:  # decoded now: a file that fails is left out with its label, so labels and views stay aligned
+            images, held = held_eval_set(images, image_size)
         return cls(images, torch.tensor(images.labels, dtype=torch.long), image_size, held)
 
     def __len__(self) -> int:
@@ -102,7 +105,13 @@ class LabelledEval:
                 raise UserError(f"evaluation data {images.origin} ({split}) has no labels: it needs class sub-folders")
         if train.classes != test.classes:
             raise UserError(f"evaluation data {spec}: the {train_split} and {test_split} splits have different classes")
-        return cls(spec, EvalSplit.open(train, image_size), EvalSplit.open(test, image_size), len(train.classes), test_split)
+        opened = cls(spec, EvalSplit.open(train, image_size), EvalSplit.open(test, image_size), len(train.classes), test_split)
+        for split, part in ((train_split, opened.train), (test_split, opened.test)):
+            skipped = part.images.skipped
+            if skipped.entries and distributed.is_main_process():
+                print(f"torchclr: note: evaluation data {part.images.origin} ({split}): {skipped.summary(len(part) + len(skipped))}; "
+                      f"evaluating on the other {len(part):,}", file=sys.stderr, flush=True)
+        return opened
 
     @property
     def streamed(self) -> bool:

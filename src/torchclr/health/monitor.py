@@ -9,7 +9,6 @@ training set: the metrics judge the geometry of the representation, not generali
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torchclr.errors import UserError
 from torchclr.health import HEALTH_METRICS, KEEP_BEST_HIGHER
 from torchclr.health.measures import chance_top1, health_metrics
 from torchclr.transforms import AugmentSpec, BatchAugment
+from torchclr.writer import write_bytes
 
 SLICE_IMAGES = 512
 COLLAPSE_FRACTION = 0.1  # rank_h, std_h or std_z below this share of its first measured value is a collapse
@@ -196,11 +196,9 @@ class EpochHealth:
 
 
 def keep_as_best(saved: Path, run_dir: Path) -> Path:
-    """Copy the epoch's checkpoint to RUN_DIR/best.safetensors (written beside, then renamed: never half a file)."""
+    """Copy the epoch's checkpoint to RUN_DIR/best.safetensors (through the writer: never half a file)."""
     target = run_dir / BEST_FILE
-    partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(saved.read_bytes())
-    os.replace(partial, target)
+    write_bytes(target, saved.read_bytes(), what="the best checkpoint")
     return target
 
 

@@ -130,6 +130,9 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     run_dir = Path(run_dir)
     config, records = read_run(run_dir)
     plots.pyplot()  # before any work: a missing extra is said at once
+    encoder_file = run_dir / "encoder.safetensors"
+    checkpoint = encoder_file if encoder_file.is_file() else _latest_checkpoint(run_dir)
+    encoder = load_encoder(checkpoint).encoder if checkpoint is not None else None  # a bad file: one line, nothing written
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     target = resolve_device(device)
@@ -155,12 +158,10 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
                                  f"the {config.augment_mode} training path made of them (seed {config.seed}"
                                  + (f"; --views {config.views}" if config.multi_crop() else "") + ")."))
 
-    encoder_file = run_dir / "encoder.safetensors"
-    checkpoint = encoder_file if encoder_file.is_file() else _latest_checkpoint(run_dir)
-    if checkpoint is None:
+    if encoder is None:
         sections.append(page.section("Representation", "<p>No encoder yet: the run has written no checkpoint.</p>"))
         return _write(out, config, sections)
-    encoder = load_encoder(checkpoint).encoder.to(target)
+    encoder = encoder.to(target)
     labelled = open_labelled_eval(config)
     if labelled is not None:
         in_bank = bank_indices(len(labelled.train), config.knn_bank_size, config.seed)  # the monitor's own bank

@@ -64,7 +64,7 @@ def health(records: list[dict[str, Any]], path: Path) -> list[str]:
         axis.set(title=name, xlabel="epoch")
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return names
 
