@@ -196,10 +196,8 @@ def test_bad_files_among_good_ones_x_commands(kind: str, command: str, made: dic
         code = main(["evaluate", "--checkpoint", str(made["encoder"]), "--protocol", "knn", "--data", str(data), "--knn-k", "2",
                      "--no-compare-random", "--device", "cpu", "--json", str(tmp_path / "r.json")])
         out, err = capsys.readouterr()
-        assert code == 0, err
-        (result,) = json.loads((tmp_path / "r.json").read_text()).values()
-        assert result.get("train_images", 2 * GOOD_PER_CLASS) == 2 * GOOD_PER_CLASS, result
-        assert f"skipped {len(bad)}" in err, err
+        assert code == 0 and 0 <= json.loads((tmp_path / "r.json").read_text())["SimCLR"]["top1"] <= 100, err
+        assert f"skipped {len(bad)}" in err and f"evaluating on the other {2 * GOOD_PER_CLASS}" in err, err
 
 
 @pytest.mark.parametrize("kind, command", [(k, c) for k in FATAL_KINDS for c in ("embed", "evaluate knn")])
