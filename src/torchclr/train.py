@@ -30,7 +30,7 @@ from torchclr.config import PretrainConfig
 from torchclr.data.loaders import ViewBatches
 from torchclr.data.pipeline import build_view_batches, with_image_size
 from torchclr.data.plan import sample_sizes
-from torchclr.data.sources import open_images
+from torchclr.data.sources import ImageSet, open_images
 from torchclr.errors import UserError
 from torchclr.evaluate.features import extract_features
 from torchclr.evaluate.monitor import LabelledEval, final_report, knn_every, open_labelled_eval
@@ -348,9 +348,9 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
                       ablation: AblationOps | None = None, *, resume: str | None = None) -> Pretraining:
     """Everything a run needs before its first step: data and views, the network, loss, optimiser, run length,
     the memory plan (gradient caching and evaluation batches) and the run folder (refused when it holds another run,
-    unless `resume` continues it or --overwrite clears it)."""
-    rank, world = distributed.rank(), distributed.world_size()
-    dtype = autocast_dtype(config.precision, device)
+    unless `resume` continues it or --overwrite clears it). The order is the one that draws the seeded random
+    numbers (weights, then views, then the memory plan's trial steps) as every earlier version did."""
+    rank = distributed.rank()
     seed_everything(config.seed + rank, config.deterministic)
     prepare_run_folder(config.out_dir, resume=resume, overwrite=config.overwrite, remove=rank == 0)
     distributed.barrier()  # the others wait while rank 0 clears an --overwrite folder
@@ -361,7 +361,22 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     model = build_simclr(config.arch, config.image_size, config.cifar_stem, config.head, config.head_layers,
                          config.proj_dim, encoder, zero_init_residual=config.zero_init_residual, head_shift=config.head_shift,
                          in_channels=config.in_channels)
-    dtype = training_dtype(dtype, device, config)
+    batches = _usable_view_batches(config, images, sizes, device, run, ablation)
+    labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
+    monitor_every = knn_every(config, labelled) if labelled is not None else 0
+    health = EpochHealth.for_run(config, images, monitor_every > 0)
+    model, ctx, peak_lr = _step_context(config, model, device)
+    length = run_length(config, batches.steps_per_epoch, device)
+    _plan_memory(config, ctx, model, labelled)
+    return Pretraining(config=config, model=model, ctx=ctx, views=batches, length=length, run=run, labelled=labelled,
+                       monitor_every=monitor_every, health=health, peak_lr=peak_lr, device=device, data=images.identity())
+
+
+def _usable_view_batches(config: PretrainConfig, images: ImageSet, sizes: list[tuple[int, int]], device: torch.device,
+                         run: RunLog, ablation: AblationOps | None) -> ViewBatches:
+    """The run's views of `images`; the files left out (listing and decoding) counted in one line and listed in
+    skipped_files.csv; too few usable images for one step is a one-line error."""
+    rank, world = distributed.rank(), distributed.world_size()
     skipped_listing = len(images.skipped)
     listed = len(images) + skipped_listing
     batches = build_view_batches(config, images, sizes, device, rank=rank, world=world, ablation=ablation)
@@ -374,28 +389,34 @@ def build_pretraining(config: PretrainConfig, device: torch.device, encoder: nn.
     if batches.steps_per_epoch < 1:
         raise UserError(f"data {images.origin}: too few usable images for one step of --batch-size {config.batch_size} "
                         f"({images.skipped.summary(listed)})")
-    labelled = open_labelled_eval(config) if config.final_report or config.knn_every != 0 else None
-    monitor_every = knn_every(config, labelled) if labelled is not None else 0
-    health = EpochHealth.for_run(config, images, monitor_every > 0)
+    return batches
+
+
+def _step_context(config: PretrainConfig, model: SimCLR, device: torch.device) -> tuple[SimCLR, StepContext, float]:
+    """The network on its device (wrapped for several processes), its optimiser at the scaled peak lr, the loss and
+    the precision: what one training step needs. Returns the bare network, the step's context and the peak lr."""
+    dtype = training_dtype(autocast_dtype(config.precision, device), device, config)
     model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     model, forward_model = wrap_for_training(model, device, sync_bn=config.sync_bn, compile=config.compile)
     peak_lr = scaled_lr(config.lr, config.batch_size, config.lr_scaling)
     optimizer = build_optimizer(model, config.optimizer, lr=peak_lr, weight_decay=config.weight_decay, momentum=config.momentum)
-    length = run_length(config, batches.steps_per_epoch, device)
-    crops = config.multi_crop()
+    loss_fn = build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize,
+                         views=config.views_per_image(), anchor_views=config.anchor_views())
     ctx = StepContext(model=forward_model, optimizer=optimizer, device=device, dtype=dtype, channels_last=config.channels_last,
-                      loss_fn=build_loss(config.loss, config.temperature, config.margin, config.semi_hard, config.l2_normalize,
-                                         views=config.views_per_image(), anchor_views=config.anchor_views()),
-                      scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
-    plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // world, config.image_size,
-                                   config.grad_cache_request(), min(len(labelled.train), config.knn_bank_size) if labelled else 0,
-                                   views=crops, infer=extract_features)
+                      loss_fn=loss_fn, scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"))
+    return model, ctx, peak_lr
+
+
+def _plan_memory(config: PretrainConfig, ctx: StepContext, model: SimCLR, labelled: LabelledEval | None) -> None:
+    """Measure a step and set what fits: the gradient-caching chunk of the step and the evaluation batch sizes."""
+    plan = memory.plan_pretraining(ctx, training_step, model, config.batch_size // distributed.world_size(),
+                                   config.image_size, config.grad_cache_request(),
+                                   min(len(labelled.train), config.knn_bank_size) if labelled else 0,
+                                   views=config.multi_crop(), infer=extract_features)
     ctx.grad_cache_chunk = plan.chunk
     if labelled is not None:
         labelled.batch_size, labelled.knn_chunk = plan.eval_batch, plan.knn_chunk
     say(plan.describe())
-    return Pretraining(config=config, model=model, ctx=ctx, views=batches, length=length, run=run, labelled=labelled,
-                       monitor_every=monitor_every, health=health, peak_lr=peak_lr, device=device, data=images.identity())
 
 
 def run_length(config: PretrainConfig, steps_per_epoch: int, device: torch.device) -> RunLength:
