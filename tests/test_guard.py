@@ -156,11 +156,14 @@ class _DiskFullWriter:
 
 
 def _fill_disk_from_save(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """The disk fills after `after` checkpoint files (the run's other files, written by the same writer, fit)."""
     real_fdopen, calls = os.fdopen, []
 
     def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
-        calls.append(fd)
         handle = real_fdopen(fd, *args, **kwargs)
+        if ".safetensors." not in os.readlink(f"/proc/self/fd/{fd}"):
+            return handle
+        calls.append(fd)
         return _DiskFullWriter(handle) if len(calls) > after else handle
 
     monkeypatch.setattr(writer.os, "fdopen", fdopen)
