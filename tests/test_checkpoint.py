@@ -161,3 +161,27 @@ def test_a_generator_state_of_another_kind_leaves_the_generator_as_it_is() -> No
     other = torch.Generator().manual_seed(7).get_state()
     checkpoint.set_generator_state(generator, other)
     assert torch.equal(generator.get_state(), other)
+
+
+def test_leaving_the_writes_block_by_an_error_lands_the_pending_write_first(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that stops on an error (a diverged step) still has its last good checkpoint on disk, and a write that
+    failed meanwhile is not raised over the error that ended the run."""
+    import time
+
+    from torchclr.writer import BackgroundWrites
+
+    real_write = checkpoint._write
+
+    def slow_write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        time.sleep(0.5)
+        real_write(path, tensors, metadata)
+
+    monkeypatch.setattr(checkpoint, "_write", slow_write)
+    with pytest.raises(ZeroDivisionError), BackgroundWrites() as writes:
+        checkpoint.save_atomically({"w": torch.ones(2)}, {}, tmp_path / "good.safetensors", writes=writes)
+        raise ZeroDivisionError
+    assert checkpoint.load(tmp_path / "good.safetensors")[0]["w"].sum() == 2
+    with pytest.raises(ZeroDivisionError), BackgroundWrites() as writes:
+        writes.submit(lambda: checkpoint._write(tmp_path / "missing" / "x.safetensors", {"w": torch.ones(1)}, {}))
+        raise ZeroDivisionError

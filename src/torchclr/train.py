@@ -323,12 +323,13 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     job.length.start(position.step)
 
     record: dict[str, Any] = {}
-    while not (job.length.done(position.step) or job.collapsed):
-        meter = train_one_epoch(job, position, stop)
-        with job.length.overhead():
-            record = job.end_epoch(meter, position)
-        if meter.complete:
-            position = Position(position.epoch + 1, 0, position.step)
+    with job.writes:  # the checkpoints written in the background land before the run ends, by an error too
+        while not (job.length.done(position.step) or job.collapsed):
+            meter = train_one_epoch(job, position, stop)
+            with job.length.overhead():
+                record = job.end_epoch(meter, position)
+            if meter.complete:
+                position = Position(position.epoch + 1, 0, position.step)
 
     if isinstance(job.length, TimeBudget):
         say(job.length.summary(position.step))

@@ -152,6 +152,18 @@ class BackgroundWrites:
         if pending is not None:
             pending.result()
 
+    def __enter__(self) -> "BackgroundWrites":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> None:
+        """Every write lands before the block is left, by an error too (the last good checkpoint is on disk when a
+        run stops on a diverged step); after an error, a failed write is not raised over it."""
+        try:
+            self.wait()
+        except Exception:
+            if kind is None:
+                raise
+
 
 def bytes_writer(data: bytes) -> Callable[[Path], None]:
     """A `write` for `replace_file` that puts `data` in the file."""
