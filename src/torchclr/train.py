@@ -187,8 +187,9 @@ class Pretraining:
         """The kNN monitor runs every --knn-every complete epochs and after the run's last step (also where a time
         budget ends mid-epoch), so that every finished run logs its final kNN."""
         every = self.monitor_every
-        periodic = complete and (position.epoch + 1) % every == 0 if every else False
-        return bool(every) and (periodic or self.length.done(position.step))
+        if not every:
+            return False
+        return (complete and (position.epoch + 1) % every == 0) or self.length.done(position.step)
 
     def check_same_data(self, meta: dict[str, Any], path: Path) -> None:
         """Refuse to resume on other data than the checkpoint's (its step would index other images) unless
