@@ -140,6 +140,24 @@ def test_resume_onto_a_finished_run_says_so_and_changes_nothing(finished_run: tu
 
 
 @pytest.mark.slow
+def test_the_same_command_again_on_a_finished_run_builds_nothing(finished_run: tuple[Path, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from torchclr import train
+
+    data, run = finished_run
+    out = _copy(run, tmp_path)
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was decoded and the network built for a finished run")
+
+    monkeypatch.setattr(train, "build_pretraining", no_build)
+    assert _run(data, out, "--epochs", "1", "--resume") == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"torchclr: the run in {out} is finished (step 2, epoch 1)")
+    with pytest.raises(AssertionError, match="decoded"):  # another length, network or data takes the full path
+        _run(data, out, "--epochs", "1", "--resume", "--proj-dim", "16")
+
+
+@pytest.mark.slow
 def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(finished_run: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = finished_run
     out = _copy(run, tmp_path)

@@ -107,7 +107,15 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a torchclr checkpoint; anything else (missing, truncated, foreign, malformed metadata) is a
     UserError naming the file. The header's size is checked before safetensors parses it."""
-    path = Path(path)
+    return _read(Path(path), tensors=True)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata alone (no tensor is read), checked as `load` checks it."""
+    return _read(Path(path), tensors=False)[1]
+
+
+def _read(path: Path, *, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
@@ -118,12 +126,12 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
                             f"{struct.unpack('<Q', prefix)[0]} bytes (a torchclr checkpoint's is under {MAX_HEADER_BYTES >> 20} MiB)")
         with safe_open(path, framework="pt") as handle:
             header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            found = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise UserError(f"checkpoint {path} is not a readable safetensors file: {err}") from None
     if header.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} was not written by torchclr (format {str(header.get('format'))[:40]!r})")
-    return tensors, _metadata(header.get("json"), path)
+    return found, _metadata(header.get("json"), path)
 
 
 def _metadata(text: Any, path: Path) -> dict[str, Any]:

@@ -206,11 +206,8 @@ class Pretraining:
             print(f"torchclr: note: {other}; continuing on it (--resume-other-data)", file=sys.stderr, flush=True)
 
     def finished(self, position: Position) -> bool:
-        """Whether the run resumed had already ended: its length reached and its encoder written after its last
-        checkpoint (a run killed between the two is not finished: its end, encoder and final report, is redone)."""
-        encoder, last = self.run.dir / "encoder.safetensors", self.run.latest_checkpoint()
-        return (self.length.done(position.step) and encoder.is_file() and last is not None
-                and encoder.stat().st_mtime_ns >= last.stat().st_mtime_ns)
+        """Whether the run resumed had already ended: its length reached and its end written."""
+        return self.length.done(position.step) and self.run.ended()
 
     def start_fresh(self) -> Position:
         """A new run: the encoder from --init's weights if given, and room for checkpoints (checked now rather
@@ -313,12 +310,12 @@ def _run_folder_held(out_dir: str) -> Iterator[None]:
 
 def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, stop: StopSignals,
               encoder: nn.Module | None, ablation: AblationOps | None) -> dict[str, Any]:
+    if resume == "latest" and (ended := ended_with_same_length(config)) is not None:
+        return _nothing_to_do(config, ended)
     job = build_pretraining(config, device, encoder, ablation, resume=resume)
     position = job.restore(resume) if resume else job.start_fresh()
     if resume and job.finished(position):
-        say(f"torchclr: the run in {config.out_dir} is finished (step {position.step}, epoch {position.epoch}); nothing "
-            "to do: give a larger --epochs to train on, or --overwrite to start again")
-        return job.run.last_epoch_record()
+        return _nothing_to_do(config, job.run)
     job.run.write_config(job.config)
     job.ctx.guard = FiniteGuard(job.model, position.step, config.skip_nonfinite_steps)
     job.length.start(position.step)
@@ -343,6 +340,31 @@ def _pretrain(config: PretrainConfig, resume: str | None, device: torch.device, 
     if job.labelled is not None and config.final_report:
         record["report"] = final_report(job.labelled, job.model.encoder, job.config, device, job.run.dir)
     job.run.close()
+    return record
+
+
+def ended_with_same_length(config: PretrainConfig) -> RunLog | None:
+    """The run folder when its run ended with the network, --data, --epochs and --time-budget that `config` asks
+    for (the same command again), known from the files alone, before any data is decoded or memory probed; else
+    None (and the full resume path decides)."""
+    run = RunLog(config.out_dir, writer_enabled=False)
+    if not run.ended():
+        return None
+    try:
+        meta = checkpoint.read_metadata(run.dir / "encoder.safetensors")
+    except UserError:
+        return None
+    ended = meta.get("config", {})
+    same = (stored_description(meta["model"]) == model_description(config)
+            and all(ended.get(key) == getattr(config, key) for key in ("data", "epochs", "time_budget")))
+    return run if same else None
+
+
+def _nothing_to_do(config: PretrainConfig, run: RunLog) -> dict[str, Any]:
+    """Say that the resumed run had ended; its last epoch's record is what `pretrain` returns."""
+    record = run.last_epoch_record()
+    say(f"torchclr: the run in {config.out_dir} is finished (step {record.get('step', '?')}, epoch "
+        f"{record.get('epoch', '?')}); nothing to do: give a larger --epochs to train on, or --overwrite to start again")
     return record
 
 
