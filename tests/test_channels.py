@@ -55,6 +55,56 @@ def test_npy_in_either_layout_and_16_bit_is_scaled_by_65535() -> None:
     assert torch.equal(decode_image(_npy(flat), "c.npy", channels=1)[0], torch.from_numpy(flat))
 
 
+def _png16(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.uint16)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_value_range_maps_12_bit_data_onto_all_256_levels(channels: int) -> None:
+    twelve = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)  # 12-bit values in a 16-bit file
+    twelve[0, 0] = 5000  # above the range: clipped to white
+    data = _png16(twelve)
+    full = decode_image(data, "t.png", channels=channels)  # the type's range: 0..65535 onto 0..255
+    assert int(full.max()) == round(5000 * 255 / 65535) and len(torch.unique(full)) <= 18  # 16 levels of 256
+    ranged = decode_image(data, "t.png", channels=channels, value_range=(0.0, 4095.0))
+    expected = np.clip(np.round(twelve.astype(np.float64) * 255 / 4095), 0, 255).astype(np.uint8)
+    assert ranged.shape == (channels, 16, 16)
+    assert all(torch.equal(band, torch.from_numpy(expected)) for band in ranged)
+    assert len(torch.unique(ranged)) >= 250  # nearly all 256 levels, against 17 above
+    npy = decode_image(_npy(twelve[None]), "t.npy", channels=1, value_range=(0.0, 4095.0))  # arrays alike
+    assert torch.equal(npy[0], torch.from_numpy(expected))
+    eight = np.full((4, 4), 200, np.uint8)  # 8-bit images are taken as they are
+    assert int(decode_image(_npy(eight), "e.npy", channels=1, value_range=(0.0, 4095.0)).max()) == 200
+
+
+def test_a_value_range_run_reads_every_later_image_with_its_range(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(3)
+    data = tmp_path / "deep"
+    data.mkdir()
+    for i in range(6):
+        (data / f"{i}.png").write_bytes(_png16(rng.integers(0, 4096, (12, 12))))
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(data), "--in-channels", "1", "--value-range", "0,4095", "--out-dir", str(run),
+                 "--workers", "0", *TINY]) == 0
+    encoder, transform, info = load_encoder(run / "encoder.safetensors")
+    assert info["config"].value_range == (0.0, 4095.0)
+    assert main(["embed", "--checkpoint", str(run / "encoder.safetensors"), "--data", str(data), "--out",
+                 str(tmp_path / "h.npy"), "--no-progress", "--workers", "0"]) == 0
+    first = sorted(data.iterdir())[0]
+    image = decode_image(first.read_bytes(), str(first), channels=1, value_range=(0.0, 4095.0))
+    with torch.no_grad():
+        expected = encoder(transform(image)[None])[0].numpy()
+    rows = (tmp_path / "h.csv").read_text().splitlines()[1:]  # index,name,label,class
+    row = next(i for i, line in enumerate(rows) if line.split(",")[1] == first.name)
+    assert np.allclose(np.load(tmp_path / "h.npy")[row], expected, atol=1e-4)
+    assert "--value-range must be LOW,HIGH with LOW < HIGH, got 4095,0" in _one_line_error(
+        ["pretrain", "--data", str(data), "--value-range", "4095,0", *TINY], capsys)
+    assert "--value-range must be a pair of numbers, got '4095'" in _one_line_error(
+        ["pretrain", "--data", str(data), "--value-range", "4095", *TINY], capsys)
+
+
 def test_multi_page_tiff_is_one_band_a_page_and_grayscale_png_one_channel() -> None:
     rng = np.random.default_rng(1)
     pages = [rng.integers(0, 256, (7, 9), dtype=np.uint8) for _ in range(4)]

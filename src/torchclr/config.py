@@ -109,6 +109,11 @@ class DataOptions:
                             ".npy arrays [C,H,W] or [H,W,C], 8- or 16-bit (scaled to [0,1] by 255 or 65535); files of "
                             "another count are skipped. Colour jitter and grayscale apply to 3 channels only, other "
                             "counts get a brightness/contrast jitter per band (docs/data.md)")
+    value_range: tuple[float, float] | None = _opt(
+        None, "LOW,HIGH: pixel values of images deeper than 8 bits (16-bit, 32-bit, float) mapped onto [0, 1], clipped "
+        "outside, e.g. 0,4095 for 12-bit microscopy in 16-bit files, which would otherwise keep 16 of the 256 levels "
+        "torchclr stores; default: the type's full range (16-bit: 0..65535; floats: 0..1, or each image's own "
+        "min..max when outside it). 8-bit images are taken as they are")
     train_split: str = _opt("train", "split of --data to pretrain on (a sub-folder name; for stl10 e.g. 'train+unlabeled')")
     eval_data: str | None = _opt(None, "labelled data with train/test splits for the kNN monitor; default: --data when it has them")
     eval_split: str = _opt("test", "split of the labelled data to report accuracy on (e.g. 'val' for ImageNet)")
@@ -251,6 +256,8 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
                 raise UserError(f"{option(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         check_augment(self, option)
         self._validate_channels(option)
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise UserError(f"{option('value_range')} must be LOW,HIGH with LOW < HIGH, got {','.join(f'{v:g}' for v in self.value_range)}")
         self.grad_cache_request()
         if self.keep_best is not None and self.keep_best not in KEEP_BEST_HIGHER:
             raise UserError(f"{option('keep_best')} must name one of {', '.join(KEEP_BEST_HIGHER)}, got {self.keep_best!r}")
@@ -276,8 +283,8 @@ class PretrainConfig(OutputOptions, RuntimeOptions, DataOptions, OptimOptions, L
             raise UserError(f"{given} cannot be combined with {option('decode')} device (nvJPEG decodes RGB JPEGs only)")
 
     def read_policy(self) -> ReadPolicy:
-        """What one image file of this run may be: its size limits, --strict and --in-channels."""
-        return ReadPolicy(self.max_image_pixels, self.max_file_mb << 20, self.strict, self.in_channels)
+        """What one image file of this run may be: its size limits, --strict, --in-channels and --value-range."""
+        return ReadPolicy(self.max_image_pixels, self.max_file_mb << 20, self.strict, self.in_channels, self.value_range)
 
     def _validate_views(self, option: Callable[[str], str]) -> None:
         """--views against the options it depends on (see `view_groups`); one line naming both."""

@@ -98,11 +98,13 @@ def embed(checkpoint: str | Path, data: str, out: str | Path, *, split: str = "t
     network = torch.nn.Sequential(encoder, load_head(checkpoint, encoder)) if projection else encoder
     network = network.to(target)
     dim = info["model"]["proj_dim"] if projection and info["model"]["head"] != "none" else encoder.feature_dim
-    images = open_images(data, split, download, ReadPolicy(channels=info["config"].in_channels))
+    trained = info["config"]
+    images = open_images(data, split, download, ReadPolicy(channels=trained.in_channels, value_range=trained.value_range))
     size = info["config"].image_size
     meta = {**checkpoint_identity(Path(checkpoint)), "model": info["model"], "what": "z" if projection else "h",
             "dim": dim, "count": len(images), "data": data, "split": split, "origin": images.origin,
-            "fingerprint": images.fingerprint or f"{images.origin}:{len(images)}", "image_size": size, "precision": precision}
+            "fingerprint": images.fingerprint or f"{images.origin}:{len(images)}", "image_size": size, "precision": precision,
+            **({"value_range": list(trained.value_range)} if trained.value_range else {})}
 
     with locked(out_path), signals_raise(f"--out {out_path} (continue with the same command)"):
         work = open_work(out_path, meta)

@@ -237,8 +237,11 @@ def search(embeddings: str | Path, k: int, *, query: str | None = None, index: i
 
 
 def read_policy(embeddings: Embeddings) -> ReadPolicy:
-    """How images are read for `embeddings`: with the channels of the model that made them (RGB before --in-channels)."""
-    return ReadPolicy(channels=embeddings.meta["model"].get("in_channels", 3))
+    """How images are read for `embeddings`: with the channels (RGB before --in-channels) and --value-range of the
+    run that made their model."""
+    value_range = embeddings.meta.get("value_range")
+    return ReadPolicy(channels=embeddings.meta["model"].get("in_channels", 3),
+                      value_range=tuple(value_range) if value_range else None)
 
 
 def _image_reader(embeddings: Embeddings) -> Callable[[str], torch.Tensor]:

@@ -5,7 +5,9 @@ With 3 channels every file is converted to RGB, as always. With any other count 
 many bands: a one-band image (8- or 16-bit) for 1, a multi-page TIFF of one-band pages or a single multi-band page
 (RGBA, CMYK: 4), or a `.npy` array [C, H, W] or [H, W, C] ([H, W] for 1; [C, H, W] when both ends fit). Anything
 else is a `BadFile`, skipped and counted like any broken file. Values become uint8 as `to_uint8` says: 8-bit as
-they are, 16-bit scaled by 255/65535, so that every image reaches the encoder in [0, 1] whatever its depth.
+they are, 16-bit scaled by 255/65535 (or `--value-range LOW,HIGH` onto 0..255, for data such as 12-bit microscopy
+that uses a part of its type's range and would otherwise keep a sixteenth of the 256 levels), so that every image
+reaches the encoder in [0, 1] whatever its depth.
 
 Nothing here opens a file: `torchclr.data.reader` opens it and hands the decoded pixels or header over.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from torchclr.data.skips import BadFile
+from torchclr.data.skips import BadFile, ValueRange
 
 NPY_MAGIC = b"\x93NUMPY"
 RGB = 3
@@ -65,15 +67,19 @@ def array_layout(shape: tuple[int, ...], channels: int, where: str) -> tuple[int
     raise wrong_channels(where, found, channels, f"a .npy array of shape {list(shape)}")
 
 
-def to_uint8(values: np.ndarray) -> np.ndarray:
-    """uint8 of the same shape: 8-bit values as they are; other integers taken as 16-bit (v * 255 / 65535) unless a
-    value lies outside 0..65535; floats as 0..1 when they lie in it; otherwise their own min..max is stretched onto
-    0..255 (NaN and infinities count as 0). Scaled, never clipped: PIL's convert clips 16-bit images to white."""
+def to_uint8(values: np.ndarray, value_range: ValueRange = None) -> np.ndarray:
+    """uint8 of the same shape: 8-bit values as they are; with `value_range` (LOW, HIGH) other values map LOW..HIGH
+    onto 0..255, clipped outside; without it, other integers are taken as 16-bit (v * 255 / 65535) unless a value
+    lies outside 0..65535, floats as 0..1 when they lie in it, otherwise their own min..max is stretched onto 0..255
+    (NaN and infinities count as 0). Scaled, not clipped: PIL's convert clips 16-bit images to white."""
     if values.dtype == np.uint8:
         return values
     if values.dtype == np.bool_:  # PIL's bilevel mode "1"
         return values.astype(np.uint8) * 255
-    if values.dtype.kind == "f":
+    if value_range is not None:
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = value_range
+    elif values.dtype.kind == "f":
         values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         in_range = values.size and values.min() >= 0 and values.max() <= 1
         low, high = (0.0, 1.0) if in_range else (values.min(), values.max())
@@ -85,11 +91,11 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
-def array_to_tensor(array: np.ndarray, channels: int, where: str) -> torch.Tensor:
+def array_to_tensor(array: np.ndarray, channels: int, where: str, value_range: ValueRange = None) -> torch.Tensor:
     """A decoded .npy array as uint8 [channels, H, W]."""
     _, _, first = array_layout(array.shape, channels, where)
     planes = array.reshape(1, *array.shape) if array.ndim == 2 else array if first else np.moveaxis(array, 2, 0)
-    return torch.from_numpy(np.ascontiguousarray(to_uint8(np.asarray(planes))))
+    return torch.from_numpy(np.ascontiguousarray(to_uint8(np.asarray(planes), value_range)))
 
 
 def image_channels(img: Image.Image) -> int:
@@ -106,7 +112,7 @@ def check_image_channels(img: Image.Image, channels: int, where: str) -> None:
         raise wrong_channels(where, found, channels, f"a {img.format or 'PIL'} {img.mode} image")
 
 
-def image_to_tensor(img: Image.Image, channels: int, where: str) -> torch.Tensor:
+def image_to_tensor(img: Image.Image, channels: int, where: str, value_range: ValueRange = None) -> torch.Tensor:
     """An opened PIL image of `channels` bands (checked) as uint8 [channels, H, W]; each page of a multi-page file
     is one band, and 16-bit pages are scaled, not clipped."""
     check_image_channels(img, channels, where)
@@ -118,7 +124,7 @@ def image_to_tensor(img: Image.Image, channels: int, where: str) -> torch.Tensor
         if img.mode not in _ONE_BAND_MODES or img.size != size:
             raise BadFile(where, "not an image", f"page {page + 1} is {img.mode} {img.size[0]}x{img.size[1]}: every page "
                           "of a multi-band TIFF must be one band of the first page's size")
-        pages.append(to_uint8(np.asarray(img)))
+        pages.append(to_uint8(np.asarray(img), value_range))
     return torch.from_numpy(np.stack(pages))
 
 

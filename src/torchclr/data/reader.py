@@ -35,7 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from torchclr.data import bands
-from torchclr.data.skips import BadFile, ReadPolicy
+from torchclr.data.skips import BadFile, ReadPolicy, ValueRange
 from torchclr.errors import UserError
 
 # torchclr checks every image against its own --max-image-pixels before decoding it, so PIL's warning is redundant.
@@ -93,7 +93,7 @@ def read_image_file(path: str | Path, what: str, policy: ReadPolicy | None = Non
     try:
         check_listed_file(path, str(path), policy.max_file_bytes)
         return decode_image(read_bytes(path, str(path), policy.max_file_bytes), str(path), policy.max_image_pixels,
-                            channels=policy.channels)
+                            channels=policy.channels, value_range=policy.value_range)
     except BadFile as bad:
         raise UserError(f"{what} {path}: {bad.kind}: {bad.detail}") from None
 
@@ -138,51 +138,52 @@ def _npy_size(data: bytes, where: str, max_pixels: int, channels: int) -> tuple[
     return height, width
 
 
-def _decode_npy(data: bytes, where: str, max_pixels: int, channels: int) -> torch.Tensor:
+def _decode_npy(data: bytes, where: str, max_pixels: int, channels: int, value_range: ValueRange) -> torch.Tensor:
     """A .npy image (header checked first, never unpickled) as uint8 [channels, H, W]."""
     _npy_size(data, where, max_pixels, channels)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except _DECODE_ERRORS as err:
         raise BadFile(where, "truncated or corrupt", f"{type(err).__name__}: {err}") from None
-    return bands.array_to_tensor(array, channels, where)
+    return bands.array_to_tensor(array, channels, where, value_range)
 
 
 def decode_image(data: bytes, where: str, max_pixels: int = ReadPolicy.max_image_pixels,
-                 draft_side: int | None = None, *, channels: int = bands.RGB) -> torch.Tensor:
+                 draft_side: int | None = None, *, channels: int = bands.RGB, value_range: ValueRange = None) -> torch.Tensor:
     """Decode any PIL-readable image to RGB uint8 [3, H, W]; a broken file raises `BadFile` naming itself. With
     other `channels`, a PIL image or a .npy array of that many bands becomes uint8 [channels, H, W] (see
-    `torchclr.data.bands`); one of another count is a `BadFile`.
+    `torchclr.data.bands`); one of another count is a `BadFile`. `value_range`: see `bands.to_uint8`.
 
     The pixel count is read from the header and checked before anything is decoded (decompression bombs). With
     `draft_side`, a JPEG whose longer side exceeds it is decoded by PIL's draft mode at the largest DCT reduction
     (1/2, 1/4 or 1/8) that keeps the longer side at least `draft_side`: a fraction of the work.
     """
     if bands.is_npy(data):
-        return _decode_npy(data, where, max_pixels, channels)
+        return _decode_npy(data, where, max_pixels, channels, value_range)
     with _open(data, where, max_pixels) as img:
         try:
             if channels != bands.RGB:
-                return bands.image_to_tensor(img, channels, where)
+                return bands.image_to_tensor(img, channels, where, value_range)
             width, height = img.size
             longest = max(width, height)
             if draft_side is not None and img.format == "JPEG" and longest > draft_side:
                 img.draft("RGB", (-(-width * draft_side // longest), -(-height * draft_side // longest)))
-            rgb = to_rgb8(img)
+            rgb = to_rgb8(img, value_range)
         except _DECODE_ERRORS as err:
             raise BadFile(where, "truncated or corrupt", f"{type(err).__name__}: {err}") from None
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
-def to_rgb8(img: Image.Image) -> np.ndarray:
+def to_rgb8(img: Image.Image, value_range: ValueRange = None) -> np.ndarray:
     """RGB uint8 [H, W, 3]; 16-bit, 32-bit and float images are scaled to 8 bits (PIL's convert clips them).
 
     Integer images map their type's full range onto 0..255 (16-bit: v * 255 / 65535); float images are taken as
-    0..1 when they lie in it, otherwise their own min..max is stretched onto 0..255; NaN counts as 0.
+    0..1 when they lie in it, otherwise their own min..max is stretched onto 0..255; NaN counts as 0. A
+    `value_range` (LOW, HIGH) replaces these: LOW..HIGH onto 0..255, clipped outside.
     """
     if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return np.array(img.convert("RGB"))
-    gray = bands.to_uint8(np.asarray(img))  # "I" is how PIL opens some 16-bit files too: 16 bits unless a value says otherwise
+    gray = bands.to_uint8(np.asarray(img), value_range)  # "I" is how PIL opens some 16-bit files too: 16 bits unless a value says otherwise
     return np.repeat(gray[..., None], 3, axis=2)
 
 

@@ -20,6 +20,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default limit (a 1 GiB RGBA i
 DEFAULT_MAX_FILE_MB = 256
 
 
+ValueRange = tuple[float, float] | None  # (LOW, HIGH) of pixel values mapped onto 0..255; None: the type's own range
+
+
 @dataclass(frozen=True)
 class ReadPolicy:
     """What one image file may be: larger files or images are skipped (never read whole, never decoded)."""
@@ -28,6 +31,7 @@ class ReadPolicy:
     max_file_bytes: int = DEFAULT_MAX_FILE_MB << 20
     strict: bool = False
     channels: int = 3  # --in-channels: 3 converts any image to RGB; other counts take files with exactly that many bands
+    value_range: ValueRange = None  # --value-range: the values of images deeper than 8 bits mapped onto 0..255
 
 
 class BadFile(UserError):

@@ -66,7 +66,7 @@ class ImageSet:
         assert self.read_bytes is not None
         name = self.names[index]
         return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side,
-                            channels=self.policy.channels)
+                            channels=self.policy.channels, value_range=self.policy.value_range)
 
 
     def identity(self) -> dict[str, Any]:

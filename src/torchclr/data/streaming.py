@@ -50,7 +50,7 @@ class BoundedImages(Dataset):
             if worth_decoding_on_device(data, self.side, self.images.policy.max_image_pixels):
                 return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), where)
             image = decode_image(data, where, self.images.policy.max_image_pixels, draft_side=self.side,
-                                 channels=self.images.policy.channels)
+                                 channels=self.images.policy.channels, value_range=self.images.policy.value_range)
             return fit_within(image, self.side)
         except UserError as err:
             return str(err)
