@@ -150,7 +150,7 @@ def _timm_weights(arch: str, download: bool) -> tuple[dict[str, torch.Tensor], s
     for file in files:
         cached = huggingface_hub.try_to_load_from_cache(repo, file, revision=revision or None)
         if isinstance(cached, str):  # else None, or a marker that the hub has no such file
-            return _file_weights(Path(cached)), f"timm's {cfg.hf_hub_id} weights ({cached})"
+            return _file_weights(Path(cached)), f"timm's {cfg.hf_hub_id} ({cached})"
     cache = huggingface_hub.constants.HF_HUB_CACHE
     if not download:
         raise UserError(f"--init timm: timm's {name} weights are not in the Hugging Face hub cache: {' or '.join(files)} "
@@ -160,7 +160,7 @@ def _timm_weights(arch: str, download: bool) -> tuple[dict[str, torch.Tensor], s
         state = timm.models.load_state_dict_from_hf(cfg.hf_hub_id, cfg.hf_hub_filename or _TIMM_HUB_FILE, cache_dir=cache)
     except OSError as err:  # no network, no such repo or file: huggingface_hub's errors are OSErrors
         raise UserError(f"--init timm --download: cannot fetch {repo}: {_first_line(err)}") from None
-    return state, f"timm's {cfg.hf_hub_id} weights (fetched into {cache})"
+    return state, f"timm's {cfg.hf_hub_id} (fetched into {cache})"
 
 
 def initial_encoder(config: Any, checkpoint: str | Path, *, download: bool = False) -> Encoder:
