@@ -69,7 +69,8 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     evaluate.add_argument("--knn-k", type=int, default=200, help="neighbours for --protocol knn (default: 200)")
     evaluate.add_argument("--knn-temperature", type=float, default=0.1, help="kNN weight temperature (default: 0.1)")
-    evaluate.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100/stl10")
+    evaluate.add_argument("--download", action="store_true", help="let torchvision download cifar10/cifar100/stl10, and "
+                          "--compare init fetch the run's --init imagenet / timm weights")
     evaluate.add_argument("--json", help="also write the results to this JSON file")
 
     embed = commands.add_parser(

@@ -52,8 +52,10 @@ class ModelOptions:
     zero_init_residual: bool = _opt(False, "start the last BatchNorm of every residual block at scale 0, so that each block "
                                     "starts as the identity (the official SimCLR code's option; ResNets only)")
     init: str | None = _opt(None, "start the encoder from these weights instead of random ones: 'imagenet' (torchvision's "
-                            "default weights for --arch, from the torch hub cache; --download fetches them) or a state "
-                            "dict / safetensors file (torchvision keys, or torchclr's encoder./model.encoder. keys)")
+                            "default weights for --arch, from the torch hub cache), 'timm' (timm's pretrained weights "
+                            "for --arch timm:NAME, its tag if it has one, from the Hugging Face hub cache; --download "
+                            "fetches either) or a state dict / safetensors file (torchvision or timm keys, or torchclr's "
+                            "encoder./model.encoder. keys)")
     head: str = _opt("mlp", "projection head", ("none", "linear", "mlp"))
     head_layers: int = _opt(2, "layers of the mlp head")
     head_shift: bool = _opt(False, "let the head's last BatchNorm learn a shift, as torchclr 0.2 did (to resume its runs "
@@ -143,7 +145,8 @@ class DataOptions:
     decode: str = _opt("auto", "--data-mode stream: where JPEGs are decoded: 'workers' (PIL, draft mode for large ones), "
                        "'device' (read in workers, decoded in batches on the training device: nvJPEG on a GPU), 'auto' "
                        "(device on a GPU, else workers)", ("auto", "workers", "device"))
-    download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10 (needs a network)")
+    download: bool = _opt(False, "let torchvision download cifar10/cifar100/stl10, and --init imagenet / timm fetch their "
+                          "weights (needs a network)")
     workers: int | None = _opt(None, "DataLoader worker processes for --augment-mode per-image and --data-mode stream; default: from the core count")
     strict: bool = _opt(False, "stop at the first bad image file (unreadable, corrupt, too large, not a regular file) "
                         "instead of skipping it; skipped files are listed in skipped_files.csv in the run folder")
