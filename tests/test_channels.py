@@ -233,6 +233,9 @@ def test_bad_channel_input_is_one_line_or_a_counted_skip(tmp_path: Path, capsys:
         Image.new("RGB", (12, 12), (i * 40, 0, 0)).save(rgb / f"{i}.jpg")
     assert "every image file is bad: skipped 4 of 4 image files (4 not 4-channel)" in _one_line_error(
         ["pretrain", "--data", str(rgb), "--in-channels", "4", "--out-dir", str(tmp_path / "r1"), *TINY], capsys)
+    no_size = [arg for arg in TINY if arg not in ("--image-size", "8")]  # the size from headers, none of them usable
+    assert "every image file is bad: skipped 4 of 4 image files (4 not 1-channel)" in _one_line_error(
+        ["pretrain", "--data", str(rgb), "--in-channels", "1", "--out-dir", str(tmp_path / "r0"), *no_size], capsys)
     with pytest.raises(UserError, match="cifar10's images are RGB"):
         open_images(f"cifar10:{tmp_path}", "train", policy=ReadPolicy(channels=4))
     np.save(data / "odd.npy", np.zeros((3, 12, 12), np.uint8))  # a 3-channel array among 4-channel ones

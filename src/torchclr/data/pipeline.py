@@ -35,9 +35,10 @@ def with_image_size(config: Any, sizes: list[tuple[int, int]]) -> Any:
     if schedule is not None:
         return dataclasses.replace(config, image_size=schedule.final_size)
     size = default_image_size(sizes)
-    longest = sorted(max(s) for s in sizes)
-    say(f"image size: {size} px, from the data (longer sides of {len(sizes)} sampled images: "
-        f"{longest[0]}-{longest[-1]} px, median {longest[len(longest) // 2]}); set --image-size to change it")
+    if sizes:  # none: no sampled header was usable, and decoding will say why in one line
+        longest = sorted(max(s) for s in sizes)
+        say(f"image size: {size} px, from the data (longer sides of {len(sizes)} sampled images: "
+            f"{longest[0]}-{longest[-1]} px, median {longest[len(longest) // 2]}); set --image-size to change it")
     return dataclasses.replace(config, image_size=size)
 
 
