@@ -105,6 +105,30 @@ def test_collapse_watch_warns_once_naming_the_metric_and_the_epoch() -> None:
     assert watch.observe(4, {**healthy, "rank_h": 1.0}) is None  # said once
 
 
+# Measured runs (docs/health.md): rank_h, std_h, std_z, view_top1 after each epoch of the quickstart settings at
+# 32 px on the shipped sample, healthy (temperature 0.1) and made to collapse (--temperature 100).
+HEALTHY_RUN = [(163.2, 0.0170, 0.0457, 10.06), (134.0, 0.0210, 0.0541, 15.23), (134.7, 0.0254, 0.0648, 20.80),
+               (147.2, 0.0295, 0.0815, 20.51), (150.7, 0.0298, 0.0842, 24.22), (154.7, 0.0298, 0.0849, 24.32),
+               (154.7, 0.0303, 0.0861, 26.76), (158.8, 0.0302, 0.0865, 28.22), (162.2, 0.0302, 0.0869, 28.12),
+               (163.1, 0.0304, 0.0871, 28.42)]
+TEMPERATURE_100_RUN = [(138.55, 0.0211, 0.0584, 5.469), (73.80, 0.0314, 0.0856, 4.102), (48.30, 0.0301, 0.0828, 3.223),
+                       (31.85, 0.0307, 0.0852, 2.539), (23.02, 0.0301, 0.0823, 2.148), (26.50, 0.0317, 0.0873, 1.953),
+                       (24.82, 0.0322, 0.0882, 1.465)]
+
+
+def _replay(run: list[tuple[float, float, float, float]]) -> list[str]:
+    watch = CollapseWatch(chance=chance_top1(512))
+    said = [watch.observe(epoch, dict(zip(("rank_h", "std_h", "std_z", "view_top1"), values)))
+            for epoch, values in enumerate(run, start=1)]
+    return [line for line in said if line]
+
+
+def test_the_measured_runs_a_healthy_one_never_warns_one_made_to_collapse_warns_at_epoch_4() -> None:
+    assert _replay(HEALTHY_RUN) == []
+    assert _replay(TEMPERATURE_100_RUN) == ["warning: the representation collapsed by epoch 4: rank_h 31.9 is 23.0% of "
+                                            "its best 139"]
+
+
 def test_retrieval_at_chance_is_a_collapse_only_after_it_was_clearly_above_chance() -> None:
     chance = chance_top1(512)
     healthy = {"rank_h": 40.0, "std_h": 0.02, "std_z": 0.08}

@@ -27,7 +27,10 @@ from torchclr.transforms import AugmentSpec, BatchAugment
 from torchclr.writer import write_bytes
 
 SLICE_IMAGES = 512
-COLLAPSE_FRACTION = 0.1  # rank_h, std_h or std_z below this share of its first measured value is a collapse
+COLLAPSE_FRACTION = 0.1  # std_h or std_z below this share of its first measured value is a (complete) collapse
+# rank_h below this share of its best so far is a dimensional collapse: measured (docs/health.md), a healthy
+# quickstart run stays above 0.82 of its best, one made to collapse (--temperature 100) falls to 0.23 at epoch 4
+RANK_FRACTION = 0.25
 CHANCE_MARGIN = 2.0  # view_top1 at most this many times chance is a collapse, once it was clearly above chance:
 ABOVE_CHANCE_MARGIN = 4.0  # more than this many times chance (a gap between the two, so that noise does not arm it)
 BEST_FILE = "best.safetensors"
@@ -101,8 +104,9 @@ def _to_uint8(views: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class CollapseWatch:
-    """Says, once, when the representation collapsed: rank_h, std_h or std_z below `fraction` of its first measured
-    value, or view_top1 back at most `CHANCE_MARGIN` x chance after it was once above `ABOVE_CHANCE_MARGIN` x chance.
+    """Says, once, when the representation collapsed: std_h or std_z below `fraction` of its first measured value,
+    rank_h below `RANK_FRACTION` of its best so far (the embeddings squeezed into a few directions while each still
+    varies), or view_top1 back at most `CHANCE_MARGIN` x chance after it was once above `ABOVE_CHANCE_MARGIN` x chance.
 
     Retrieval at chance before training has taught anything is normal (an untrained network, or the first epochs
     of a slow start), not a collapse: only a fall back to chance is.
@@ -113,15 +117,19 @@ class CollapseWatch:
     reference: dict[str, float] | None = None
     collapsed_at: int | None = None
     was_above_chance: bool = False  # view_top1 was once above ABOVE_CHANCE_MARGIN x chance
+    best_rank: float = 0.0
 
     def reasons(self, metrics: dict[str, float]) -> list[str]:
         """Why `metrics` show a collapse (empty when they do not)."""
         found = []
         if self.reference is not None:
-            for name in ("rank_h", "std_h", "std_z"):
+            for name in ("std_h", "std_z"):
                 start = self.reference[name]
                 if start > 0 and metrics[name] < self.fraction * start:
                     found.append(f"{name} {metrics[name]:.3g} is {metrics[name] / start:.1%} of its first value {start:.3g}")
+        if metrics["rank_h"] < RANK_FRACTION * self.best_rank:
+            found.append(f"rank_h {metrics['rank_h']:.3g} is {metrics['rank_h'] / self.best_rank:.1%} of its best "
+                         f"{self.best_rank:.3g}")
         if self.was_above_chance and metrics["view_top1"] <= CHANCE_MARGIN * self.chance:
             found.append(f"view_top1 {metrics['view_top1']:.3g}% is at chance ({self.chance:.3g}%)")
         return found
@@ -132,6 +140,7 @@ class CollapseWatch:
             self.reference = dict(metrics)
         found = self.reasons(metrics)
         self.was_above_chance = self.was_above_chance or metrics["view_top1"] > ABOVE_CHANCE_MARGIN * self.chance
+        self.best_rank = max(self.best_rank, metrics["rank_h"])
         if not found or self.collapsed_at is not None:
             return None
         self.collapsed_at = epoch
