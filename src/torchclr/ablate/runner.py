@@ -138,8 +138,9 @@ def machine() -> str:
 
 
 def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Callable[[str], Any] = print) -> Path:
-    """A folder train/CLASS/*.png, test/CLASS/*.png of a class-balanced, seeded subset of `data`, written once. A drawn
-    image that cannot be decoded is left out of its class and counted, as pretraining skips them."""
+    """A folder train/CLASS/*.png, test/CLASS/*.png of a class-balanced, seeded subset of `data`, written once. A file
+    left out when listing, and a drawn image that cannot be decoded, are counted (one line a split), as pretraining
+    skips them."""
     import torch
     from PIL import Image
 
@@ -153,9 +154,9 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
             raise UserError(f"{folder} was made from other data; use another --out for --data {data}")
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    skipped: list[str] = []
     for split, wanted in (("train", budget.train_images), ("test", budget.test_images)):
         images = open_images(data, split)
+        listed = len(images) + len(images.skipped)  # a file skipped when decoded is still in `images`
         if not images.labelled:
             raise UserError(f"--data {data}: the {split} split needs class sub-folders (labels) for the ablations")
         generator = torch.Generator().manual_seed(seed)
@@ -169,16 +170,16 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
                 try:
                     pixels = images.image(index).permute(1, 2, 0).contiguous().numpy()
                 except BadFile as bad:
-                    skipped.append(str(bad))
+                    images.skipped.add(bad)
                     continue
                 Image.fromarray(pixels).save(folder / split / name / f"{index:06d}.png")
         written = sum(1 for _ in (folder / split).rglob("*.png"))
+        if images.skipped:
+            say(f"subset of --data {data} ({split}): {images.skipped.summary(listed)}")
         largest = max(budget.batch_size, *budget.batch_sizes)
         if split == "train" and written < largest:
             raise UserError(f"--data {data}: {written} usable training images, fewer than the largest batch ({largest}) "
                             f"of --budget {budget.name}; use more images or a smaller --budget")
-    if skipped:
-        say(f"subset of --data {data}: skipped {len(skipped)} images that could not be decoded (first: {skipped[0]})")
     write_json(done, {"data": data}, what="the subset's record")
     return folder
 

@@ -133,6 +133,7 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     encoder_file = run_dir / "encoder.safetensors"
     checkpoint = encoder_file if encoder_file.is_file() else _latest_checkpoint(run_dir)
     encoder = load_encoder(checkpoint).encoder if checkpoint is not None else None  # a bad file: one line, nothing written
+    originals, views = first_batch_views(config)  # data with nothing usable: one line, nothing written
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     target = resolve_device(device)
@@ -149,7 +150,6 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
                                      "Measured on a fixed slice of training images, two fixed views each; docs/health.md "
                                      "says what each means and what a healthy run shows."))
 
-    originals, views = first_batch_views(config)
     captions = [f"view {number} ({view.shape[-1]} px)" for number, view in enumerate(views, start=1)]
     contact_sheet([((image, "image"), [(view, caption) for view, caption in zip(image_views, captions)])
                    for image, *image_views in zip(originals, *(_as_uint8(view) for view in views))], out / "views.png")
