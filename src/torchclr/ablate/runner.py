@@ -175,7 +175,7 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
                 Image.fromarray(pixels).save(folder / split / name / f"{index:06d}.png")
         written = sum(1 for _ in (folder / split).rglob("*.png"))
         if images.skipped:
-            say(f"subset of --data {data} ({split}): {images.skipped.summary(listed)}")
+            say(f"subset of --data {data} ({split}): {images.skipped.summary(listed)}; first: {images.skipped.entries[0]}")
         largest = max(budget.batch_size, *budget.batch_sizes)
         if split == "train" and written < largest:
             raise UserError(f"--data {data}: {written} usable training images, fewer than the largest batch ({largest}) "
