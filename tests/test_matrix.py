@@ -253,6 +253,26 @@ def test_bad_files_among_good_ones_x_commands(kind: str, command: str, made: dic
         assert f"skipped {len(bad)}" in err and f"evaluating on the other {2 * GOOD_PER_CLASS}" in err, err
 
 
+DECODE_KINDS = [kind for kind, (_, found) in SKIP_KINDS.items()  # what only decoding finds: the streamed path's own
+                if found in ("truncated or corrupt", "not an image", "too many pixels", "bad CRC")]
+
+
+@pytest.mark.parametrize("kind, command", _cells(DECODE_KINDS, [f"evaluate {p}" for p in EVALUATE_PROTOCOLS]))
+def test_bad_files_among_good_ones_x_evaluate_streamed(kind: str, command: str, made: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation on a set too large to hold, read in batches at each use: a file that fails to decode is skipped
+    and counted as in memory, its label with it."""
+    from torchclr.evaluate import monitor  # torchclr.evaluate itself is the function
+
+    monkeypatch.setattr(monitor, "fits_in_memory", lambda nbytes: False)
+    data, bad = _labelled_with(kind, tmp_path / "data")
+    code = main(_data_argv(command, data, made, tmp_path, monkeypatch))
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    assert 0 <= json.loads((tmp_path / "out" / "r.json").read_text())["SimCLR"]["top1"] <= 100, err
+    assert f"skipped {len(bad)}" in err and f"evaluating on the other {2 * GOOD_PER_CLASS}" in err, err
+
+
 @pytest.mark.parametrize("kind, command", _cells(FATAL_KINDS, DATA_COMMANDS))
 def test_data_with_nothing_usable_x_commands(kind: str, command: str, made: dict[str, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:

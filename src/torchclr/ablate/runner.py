@@ -280,9 +280,9 @@ def knn_scores(networks: dict[str, Any], subset: Path, image_size: int, device_n
     labelled = LabelledEval.open(str(subset), image_size)
     scores = {}
     for key, network in networks.items():
-        train, test = labelled.features(network.to(device), device)
-        predicted = knn_predict(train, labelled.train.labels, test, labelled.num_classes, device=device)
-        scores[key] = round(accuracy(predicted, labelled.test.labels), 2)
+        (train, train_labels), (test, test_labels) = labelled.features(network.to(device), device)
+        predicted = knn_predict(train, train_labels, test, labelled.num_classes, device=device)
+        scores[key] = round(accuracy(predicted, test_labels), 2)
     return scores
 
 
