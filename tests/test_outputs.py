@@ -237,10 +237,14 @@ WRITE_METHODS = {"write_text", "write_bytes", "savefig"}
 
 
 def file_writes(source: str) -> list[str]:
-    """Every call in `source` that would write a file without the writer: the calls above, and `open` / `Path.open`
-    / `os.fdopen` with a mode that writes."""
+    """Every call in `source` that would write a file without the writer: the calls above, `open` / `Path.open`
+    / `os.fdopen` with a mode that writes, and a PIL image's `save` (any `.save(...)` in a module that imports PIL)."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    pil = any(isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "PIL"
+              or isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "PIL" for alias in node.names)
+              for node in ast.walk(tree))
+    for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
@@ -251,7 +255,7 @@ def file_writes(source: str) -> list[str]:
             mode = node.args[position] if len(node.args) > position else \
                 next((k.value for k in node.keywords if k.arg == "mode"), None)
         writes_mode = isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax+")
-        if name in WRITE_CALLS or method in WRITE_METHODS or writes_mode:
+        if name in WRITE_CALLS or method in WRITE_METHODS or writes_mode or (pil and method == "save"):
             found.append(f"line {node.lineno}: {name}(...)")
     return found
 
@@ -279,4 +283,6 @@ figure.savefig(p)
 torch.save(state, p)
 """
     assert len(file_writes(snippet)) == 9
+    assert len(file_writes("from PIL import Image\nImage.fromarray(pixels).save(p)\n")) == 1
+    assert file_writes("model.save(p)\n") == []  # not PIL's: another module's own save
     assert file_writes('open(p)\nopen(p, "rb")\npath.open()\npath.read_text()\njson.dumps(v)\n') == []

@@ -182,6 +182,16 @@ def npy_writer(array: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
+def png_writer(image: Any) -> Callable[[Path], None]:
+    """A `write` for `replace_file` that puts `image` (a PIL image, or uint8 [H, W] or [H, W, C] pixels) in the file
+    as PNG (the format named, not guessed from the temporary file's suffix)."""
+    def write(tmp: Path) -> None:
+        from PIL import Image
+
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(tmp, format="PNG")
+    return write
+
+
 def csv_writer(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Callable[[Path], None]:
     """A `write` for `replace_file` that puts `header` and `rows` in the file as CSV."""
     def write(tmp: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from torchclr.errors import UserError
 from torchclr.options import check_seed
 from torchclr.interrupt import Interrupted
-from torchclr.writer import append_line, signals_raise, write_json, write_text
+from torchclr.writer import append_line, png_writer, signals_raise, write_atomically, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,6 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
     left out when listing, and a drawn image that cannot be decoded, are counted (one line a split), as pretraining
     skips them."""
     import torch
-    from PIL import Image
 
     from torchclr.data.skips import BadFile
     from torchclr.data.sources import open_images
@@ -172,7 +171,8 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
                 except BadFile as bad:
                     images.skipped.add(bad)
                     continue
-                Image.fromarray(pixels).save(folder / split / name / f"{index:06d}.png")
+                write_atomically(folder / split / name / f"{index:06d}.png", png_writer(pixels),
+                                 what="an image of the ablation subset")
         written = sum(1 for _ in (folder / split).rglob("*.png"))
         if images.skipped:
             say(f"subset of --data {data} ({split}): {images.skipped.summary(listed)}; first: {images.skipped.entries[0]}")
