@@ -7,6 +7,7 @@ import ast
 import errno
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,45 @@ def test_a_second_embed_on_one_out_is_refused(tmp_path: Path) -> None:
     with embed_work.locked(out), pytest.raises(UserError, match=f"pid {os.getpid()}"):  # this very process holds it
         with embed_work.locked(out):
             pass
+
+
+
+def test_two_processes_finding_one_stale_lock_at_once_never_both_take_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both read the dead holder's lock before either takes it over (they meet at a barrier right after reading it):
+    exactly one gets the lock, the other is refused in one line."""
+    out = tmp_path / "e.npy"
+    out.with_name("e.npy.lock").write_text("999999999")  # a process that is gone
+    after_reading, tried = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
+    first_read, real_read = threading.local(), writer._read_holder
+
+    def read_then_meet(lock: Path) -> str | None:
+        found = real_read(lock)
+        if not getattr(first_read, "done", False):
+            first_read.done = True
+            after_reading.wait()
+        return found
+
+    monkeypatch.setattr(writer, "_read_holder", read_then_meet)
+    results: list[str] = []
+
+    def attempt() -> None:
+        try:
+            with embed_work.locked(out):
+                results.append("held")
+                tried.wait()  # hold it until the other has tried
+        except UserError as err:
+            results.append(str(err))
+            tried.wait()
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    refused = [r for r in results if r != "held"]
+    assert results.count("held") == 1 and len(refused) == 1, results
+    assert "\n" not in refused[0] and f"being written by another torchclr embed (pid {os.getpid()}" in refused[0]
+    assert not out.with_name("e.npy.lock").exists()
 
 
 # ---- the writer ----

@@ -240,7 +240,9 @@ def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[Non
 
     The holder is written to a temporary file first and linked to `lock`: the lock never exists empty, so a process
     that reads it in between never takes a starting holder for a dead one. The start time tells a holder from a
-    later process that got its pid (after a SIGKILL, even this one).
+    later process that got its pid (after a SIGKILL, even this one). Taking over a dead holder's lock happens under
+    `_takeover_guard`, and only if the lock still holds what was found dead: two processes that find the same
+    stale lock at once never both take it (the second finds the first's live lock, and is refused).
     """
     try:
         fd, name = tempfile.mkstemp(dir=lock.parent, prefix=f".{lock.name}.", suffix=TEMP_SUFFIX)
@@ -249,25 +251,59 @@ def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[Non
     with os.fdopen(fd, "w") as handle:
         handle.write(_holder(os.getpid()))
     try:
-        while True:
-            try:
-                os.link(name, lock)
-                break
-            except FileExistsError:
-                holder = _live_holder(lock)
-                if holder is not None:
-                    raise UserError(f"{option} {path} is being written by another torchclr {command} (pid {holder}, "
-                                    f"lock {lock}); wait for it, or give another {option}") from None
-                print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
-                lock.unlink(missing_ok=True)
-            except OSError as err:
-                raise UserError(describe_error(err, lock, "the lock file")) from None
+        while not _take(name, lock, option=option, path=path, command=command):
+            pass
     finally:
         os.unlink(name)
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _take(name: str, lock: Path, *, option: str, path: Path, command: str) -> bool:
+    """One try at linking the holder file `name` to `lock`: True once held, False to try again (the lock changed
+    hands meanwhile); a live holder is a UserError."""
+    try:
+        os.link(name, lock)
+        return True
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise UserError(describe_error(err, lock, "the lock file")) from None
+    found = _read_holder(lock)
+    if found is None:  # let go since the link failed: link again
+        return False
+    holder = _live_holder(found)
+    if holder is not None:
+        raise UserError(f"{option} {path} is being written by another torchclr {command} (pid {holder}, "
+                        f"lock {lock}); wait for it, or give another {option}")
+    with _takeover_guard(lock.parent):
+        if _read_holder(lock) != found:  # another process took it over (or let it go) since: look again
+            return False
+        print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
+        lock.unlink(missing_ok=True)
+        try:
+            os.link(name, lock)
+        except FileExistsError:  # a process that found no lock at all linked its own in between
+            return False
+        except OSError as err:
+            raise UserError(describe_error(err, lock, "the lock file")) from None
+    return True
+
+
+@contextmanager
+def _takeover_guard(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` (the lock's) for the few calls of a takeover: the kernel drops it when the
+    process dies, so a crash inside never leaves it held, and it leaves no file behind."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _holder(pid: int) -> str:
@@ -278,12 +314,17 @@ def _holder(pid: int) -> str:
         return str(pid)
 
 
-def _live_holder(lock: Path) -> int | None:
-    """The pid of the live process that holds `lock`, or None (no such process, or another one now has its pid)."""
+def _read_holder(lock: Path) -> str | None:
+    """What `lock` holds ('PID START'), or None when it cannot be read (gone)."""
     try:
-        text = lock.read_text()[:64].strip()
+        return lock.read_text()[:64].strip()
     except OSError:
         return None
+
+
+def _live_holder(text: str | None) -> int | None:
+    """The pid of the live process that a lock holding `text` names, or None (no such process, or another one now
+    has its pid)."""
     pid = text.split()[0] if text else ""
     if not pid.isdigit() or not _alive(int(pid)):
         return None
