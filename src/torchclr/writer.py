@@ -100,12 +100,15 @@ def signals_raise(what: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable[[Path], Any] | None = None) -> Any:
+def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable[[Path], Any] | None = None, *,
+                 sync: bool = True) -> Any:
     """`write(temporary)` then `check(temporary)`, fsync and rename onto `path`; returns what `check` returns (what
     `write` returns when there is no check).
 
     Any failure (an exception from `write` or `check`, a full disk, a signal) removes the temporary file and leaves
-    `path` as it was; OSErrors propagate (see `write_atomically` for the one-line form).
+    `path` as it was; OSErrors propagate (see `write_atomically` for the one-line form). Without `sync`, no fsync:
+    for many small files whose writer syncs them all at once before recording them as done (the fsync was most
+    of the cost of each).
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -116,8 +119,9 @@ def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable
             result = write(tmp)
             if check is not None:
                 result = check(tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
+            if sync:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -126,10 +130,10 @@ def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], None], *, what: str,
-                     check: Callable[[Path], Any] | None = None) -> Any:
+                     check: Callable[[Path], Any] | None = None, sync: bool = True) -> Any:
     """`replace_file`, with an OSError (full disk, no permission, a missing folder) as one line naming `what`."""
     try:
-        return replace_file(path, write, check)
+        return replace_file(path, write, check, sync=sync)
     except OSError as err:
         raise UserError(describe_error(err, Path(path), what)) from None
 

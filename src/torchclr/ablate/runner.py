@@ -172,7 +172,7 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
                     images.skipped.add(bad)
                     continue
                 write_atomically(folder / split / name / f"{index:06d}.png", png_writer(pixels),
-                                 what="an image of the ablation subset")
+                                 what="an image of the ablation subset", sync=False)  # all synced before done.json
         written = sum(1 for _ in (folder / split).rglob("*.png"))
         if images.skipped:
             say(f"subset of --data {data} ({split}): {images.skipped.summary(listed)}; first: {images.skipped.entries[0]}")
@@ -180,6 +180,7 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
         if split == "train" and written < largest:
             raise UserError(f"--data {data}: {written} usable training images, fewer than the largest batch ({largest}) "
                             f"of --budget {budget.name}; use more images or a smaller --budget")
+    os.sync()  # every PNG on disk before the record that says the subset is whole
     write_json(done, {"data": data}, what="the subset's record")
     return folder
 
