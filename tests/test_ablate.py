@@ -158,7 +158,7 @@ def test_a_broken_image_drawn_into_the_subset_is_skipped_and_counted(tmp_path: P
     every_image = dataclasses.replace(TINY, train_images=64)  # all 32 of each class drawn, the broken one with them
     subset = prepare_subset(str(data), tmp_path / "out", every_image, say=said.append)
     written = sum(len(list((subset / "train" / name).iterdir())) for name in ("circle", "stripes"))
-    assert written == 63 and len(said) == 1 and "skipped 1 images" in said[0] and first.name in said[0]
+    assert written == 63 and len(said) == 1 and "(train): skipped 1 of 64 image files (1 not an image)" in said[0] and first.name in said[0]
 
 
 def test_a_folder_smaller_than_the_budget_s_largest_batch_is_refused_naming_data_and_budget(

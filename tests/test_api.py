@@ -64,7 +64,7 @@ def test_evaluate_from_python_is_the_kNN_of_the_encoder(trained_run: Path) -> No
     assert list(done.results) == ["SimCLR"] and "weighted kNN" in done.table
     encoder, _, info = load_encoder(checkpoint)
     labelled = LabelledEval.open(info["config"].data, info["config"].image_size)
-    train, test = (extract_features(encoder, split.views(), torch.device("cpu")) for split in (labelled.train, labelled.test))
+    train, test = (extract_features(encoder, split.views()[0], torch.device("cpu")) for split in (labelled.train, labelled.test))
     expected = accuracy(knn_predict(train, labelled.train.labels, test, labelled.num_classes, 5, 0.1), labelled.test.labels)
     assert done.results["SimCLR"]["top1"] == pytest.approx(expected, abs=1e-6)
     with pytest.raises(torchclr.UserError, match="--knn-temperature must be a finite number"):

@@ -8,12 +8,15 @@ import csv
 import json
 import os
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import pytest
 
 from test_bad_inputs import CHECKPOINT_CASES, DATA_CASES, FOLDER_SKIPS, ROOT, ZIP_SKIPS, _good_folder, _png
+from torchclr.ablate import BUDGETS
+from torchclr.ablate.runner import Budget
 from torchclr.cli import main
 
 def _report_of_a_run_holding(checkpoint: Path, tmp: Path, made: dict[str, Path]) -> list[str]:
@@ -162,56 +165,123 @@ def _labelled_with(kind: str, root: Path) -> tuple[Path, list[str]]:
     return root, sorted(set(os.listdir(root / "train" / "a")) - before)
 
 
-def _skip_cells() -> list[tuple[str, str]]:
-    commands = ["embed", "evaluate knn", "neighbors --query"]
-    cells = [(kind, command) for kind in SKIP_KINDS for command in commands if kind not in LIMIT_KINDS
-             and not (command == "neighbors --query" and kind.startswith("zip: "))]  # --query takes a file
-    return [cell for cell in cells if not (ROOT and "unreadable" in cell[0])]  # root reads any file
+EVALUATE_PROTOCOLS = {  # --protocol: the options that keep it to a few seconds on a dozen 8 px images
+    "knn": ["--knn-k", "2"],
+    "linear": ["--linear-epochs", "1", "--linear-batch-size", "2"],
+    "logreg": [],
+    "finetune": ["--finetune-epochs", "1", "--label-fraction", "1"],
+}
+DATA_COMMANDS = ["embed", *(f"evaluate {protocol}" for protocol in EVALUATE_PROTOCOLS), "report", "ablate"]
+SLOW_COMMANDS = {"evaluate linear", "evaluate finetune", "report", "ablate"}  # a training step or a page of plots a cell
+
+
+def _cells(kinds: Iterable[str], commands: list[str]) -> list[Any]:
+    """(kind, command) parameters, the expensive commands' marked slow."""
+    return [pytest.param(kind, command, marks=pytest.mark.slow) if command in SLOW_COMMANDS else (kind, command)
+            for kind in kinds for command in commands]
+
+
+def _skip_cells() -> list[Any]:
+    kinds = [kind for kind in SKIP_KINDS if kind not in LIMIT_KINDS and not (ROOT and "unreadable" in kind)]  # root reads any file
+    return _cells(kinds, DATA_COMMANDS) + [(kind, "neighbors --query") for kind in kinds if not kind.startswith("zip: ")]  # --query takes a file
 
 
 def _only_error_line(capsys: pytest.CaptureFixture) -> list[str]:
     return [line for line in capsys.readouterr().err.strip().splitlines() if "note:" not in line and "warning:" not in line]
 
 
+TINY_BUDGET = Budget("quick", train_images=100, test_images=100, epochs=1, batch_size=2, seeds=(0,), image_size=8,
+                     head_dims=(8,), batch_sizes=(2,), epoch_grid=(1,))  # every image of the matrix's data drawn
+
+
+def _data_argv(command: str, data: Path, made: dict[str, Path], tmp: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The argv of `command` reading `data`: its results under tmp/out (a run folder of tmp/run for report)."""
+    out = tmp / "out"
+    if command == "embed":
+        return ["embed", "--checkpoint", str(made["encoder"]), "--data", str(data), "--out", str(out / "e.npy"),
+                "--no-progress", "--workers", "0"]
+    if command == "report":
+        import yaml
+
+        from torchclr.config import PretrainConfig
+        from torchclr.pretrained import config_as_json
+
+        run = tmp / "run"
+        run.mkdir()
+        (run / "encoder.safetensors").write_bytes(made["encoder"].read_bytes())
+        config = PretrainConfig(data=str(data), image_size=8, batch_size=2, knn_k=2, workers=0)
+        (run / "config.yaml").write_text(yaml.safe_dump(config_as_json(config)))
+        (run / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "loss": 5.0, "lr": 0.1}\n')
+        return ["report", str(run), "--device", "cpu"]
+    if command == "ablate":
+        monkeypatch.setitem(BUDGETS, "quick", TINY_BUDGET)
+        return ["ablate", "head", "--budget", "quick", "--data", str(data), "--out", str(out), "--device", "cpu",
+                "--report-only"]
+    protocol = command.split()[1]
+    return ["evaluate", "--checkpoint", str(made["encoder"]), "--protocol", protocol, "--data", str(data),
+            *EVALUATE_PROTOCOLS[protocol], "--no-compare-random", "--device", "cpu", "--json", str(out / "r.json")]
+
+
 @pytest.mark.parametrize("kind, command", _skip_cells())
 def test_bad_files_among_good_ones_x_commands(kind: str, command: str, made: dict[str, Path], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
-    """A counted skip where going on makes sense (embed, evaluate), one line naming the file where the file is the
-    whole input (neighbors --query)."""
+                                              capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A counted skip where going on makes sense (embed, evaluate, report, ablate), one line naming the file where
+    the file is the whole input (neighbors --query)."""
     data, bad = _labelled_with(kind, tmp_path / "data")
     if command == "neighbors --query":
         query = data / "train" / "a" / bad[0]
         code = main(["neighbors", "--embeddings", str(made["bank"]), "--query", str(query), "-k", "2"])
         err = _only_error_line(capsys)
         assert code == 2 and len(err) == 1 and err[0].startswith("torchclr: error: ") and str(query) in err[0], err
-    elif command == "embed":
-        out = tmp_path / "e.npy"
-        assert main(["embed", "--checkpoint", str(made["encoder"]), "--data", str(data), "--out", str(out), "--no-progress",
-                     "--workers", "0"]) == 0
-        meta = json.loads(out.with_suffix(".json").read_text())
+        return
+    code = main(_data_argv(command, data, made, tmp_path, monkeypatch))
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    if command == "embed":
+        meta = json.loads((tmp_path / "out" / "e.json").read_text())
         assert meta["count"] == 2 * GOOD_PER_CLASS and len(meta["skipped"]) == len(bad), meta["skipped"]
         assert all(any(name in where for name in bad) for where in meta["skipped"])
-        assert f"{len(bad)} unreadable images skipped" in capsys.readouterr().out
+        assert f"{len(bad)} unreadable images skipped" in out
+    elif command == "ablate":
+        assert f"(train): skipped {len(bad)} of" in out and (tmp_path / "out" / "ablations.md").is_file(), out
+        subset = next((tmp_path / "out").glob("subset-*"))
+        assert sorted(p.parent.name for p in (subset / "train").rglob("*.png")) == ["a"] * GOOD_PER_CLASS + ["b"] * GOOD_PER_CLASS
+    elif command == "report":
+        assert f"skipped {len(bad)}" in err and (tmp_path / "run" / "report" / "index.html").is_file(), err
     else:
-        code = main(["evaluate", "--checkpoint", str(made["encoder"]), "--protocol", "knn", "--data", str(data), "--knn-k", "2",
-                     "--no-compare-random", "--device", "cpu", "--json", str(tmp_path / "r.json")])
-        out, err = capsys.readouterr()
-        assert code == 0 and 0 <= json.loads((tmp_path / "r.json").read_text())["SimCLR"]["top1"] <= 100, err
+        assert 0 <= json.loads((tmp_path / "out" / "r.json").read_text())["SimCLR"]["top1"] <= 100, err
         assert f"skipped {len(bad)}" in err and f"evaluating on the other {2 * GOOD_PER_CLASS}" in err, err
 
 
-@pytest.mark.parametrize("kind, command", [(k, c) for k in FATAL_KINDS for c in ("embed", "evaluate knn")])
+DECODE_KINDS = [kind for kind, (_, found) in SKIP_KINDS.items()  # what only decoding finds: the streamed path's own
+                if found in ("truncated or corrupt", "not an image", "too many pixels", "bad CRC")]
+
+
+@pytest.mark.parametrize("kind, command", _cells(DECODE_KINDS, [f"evaluate {p}" for p in EVALUATE_PROTOCOLS]))
+def test_bad_files_among_good_ones_x_evaluate_streamed(kind: str, command: str, made: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation on a set too large to hold, read in batches at each use: a file that fails to decode is skipped
+    and counted as in memory, its label with it."""
+    from torchclr.evaluate import monitor  # torchclr.evaluate itself is the function
+
+    monkeypatch.setattr(monitor, "fits_in_memory", lambda nbytes: False)
+    data, bad = _labelled_with(kind, tmp_path / "data")
+    code = main(_data_argv(command, data, made, tmp_path, monkeypatch))
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    assert 0 <= json.loads((tmp_path / "out" / "r.json").read_text())["SimCLR"]["top1"] <= 100, err
+    assert f"skipped {len(bad)}" in err and f"evaluating on the other {2 * GOOD_PER_CLASS}" in err, err
+
+
+@pytest.mark.parametrize("kind, command", _cells(FATAL_KINDS, DATA_COMMANDS))
 def test_data_with_nothing_usable_x_commands(kind: str, command: str, made: dict[str, Path], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture) -> None:
-    """One line naming the data, exit 2, nothing written (pretrain: test_bad_inputs.test_data_with_no_usable_step)."""
+                                             capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line naming the data, exit 2, no result written (pretrain: test_bad_inputs.test_data_with_no_usable_step)."""
     data = FATAL_KINDS[kind][0](tmp_path)
-    out = tmp_path / "out"
-    argv = (["embed", "--checkpoint", str(made["encoder"]), "--data", str(data), "--out", str(out / "e.npy"), "--no-progress"]
-            if command == "embed" else
-            ["evaluate", "--checkpoint", str(made["encoder"]), "--protocol", "knn", "--data", str(data), "--no-compare-random",
-             "--device", "cpu", "--json", str(out / "r.json")])
-    assert _cell(argv, [str(data)], capsys)
-    assert not out.exists() or not any(p.suffix in (".npy", ".json", ".csv") for p in out.iterdir())
+    assert _cell(_data_argv(command, data, made, tmp_path, monkeypatch), [str(data)], capsys)
+    written = [p for folder in (tmp_path / "out", tmp_path / "run" / "report") if folder.exists()
+               for p in folder.rglob("*") if p.is_file()]
+    assert written == [], written
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import ast
 import errno
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,45 @@ def test_a_second_embed_on_one_out_is_refused(tmp_path: Path) -> None:
             pass
 
 
+
+def test_two_processes_finding_one_stale_lock_at_once_never_both_take_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both read the dead holder's lock before either takes it over (they meet at a barrier right after reading it):
+    exactly one gets the lock, the other is refused in one line."""
+    out = tmp_path / "e.npy"
+    out.with_name("e.npy.lock").write_text("999999999")  # a process that is gone
+    after_reading, tried = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
+    first_read, real_read = threading.local(), writer._read_holder
+
+    def read_then_meet(lock: Path) -> str | None:
+        found = real_read(lock)
+        if not getattr(first_read, "done", False):
+            first_read.done = True
+            after_reading.wait()
+        return found
+
+    monkeypatch.setattr(writer, "_read_holder", read_then_meet)
+    results: list[str] = []
+
+    def attempt() -> None:
+        try:
+            with embed_work.locked(out):
+                results.append("held")
+                tried.wait()  # hold it until the other has tried
+        except UserError as err:
+            results.append(str(err))
+            tried.wait()
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    refused = [r for r in results if r != "held"]
+    assert results.count("held") == 1 and len(refused) == 1, results
+    assert "\n" not in refused[0] and f"being written by another torchclr embed (pid {os.getpid()}" in refused[0]
+    assert not out.with_name("e.npy.lock").exists()
+
+
 # ---- the writer ----
 
 def test_output_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -237,10 +277,14 @@ WRITE_METHODS = {"write_text", "write_bytes", "savefig"}
 
 
 def file_writes(source: str) -> list[str]:
-    """Every call in `source` that would write a file without the writer: the calls above, and `open` / `Path.open`
-    / `os.fdopen` with a mode that writes."""
+    """Every call in `source` that would write a file without the writer: the calls above, `open` / `Path.open`
+    / `os.fdopen` with a mode that writes, and a PIL image's `save` (any `.save(...)` in a module that imports PIL)."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    pil = any(isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "PIL"
+              or isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "PIL" for alias in node.names)
+              for node in ast.walk(tree))
+    for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func)
@@ -251,7 +295,7 @@ def file_writes(source: str) -> list[str]:
             mode = node.args[position] if len(node.args) > position else \
                 next((k.value for k in node.keywords if k.arg == "mode"), None)
         writes_mode = isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax+")
-        if name in WRITE_CALLS or method in WRITE_METHODS or writes_mode:
+        if name in WRITE_CALLS or method in WRITE_METHODS or writes_mode or (pil and method == "save"):
             found.append(f"line {node.lineno}: {name}(...)")
     return found
 
@@ -279,4 +323,6 @@ figure.savefig(p)
 torch.save(state, p)
 """
     assert len(file_writes(snippet)) == 9
+    assert len(file_writes("from PIL import Image\nImage.fromarray(pixels).save(p)\n")) == 1
+    assert file_writes("model.save(p)\n") == []  # not PIL's: another module's own save
     assert file_writes('open(p)\nopen(p, "rb")\npath.open()\npath.read_text()\njson.dumps(v)\n') == []

@@ -269,8 +269,9 @@ def test_streamed_eval_features_equal_held_ones(tiny_folder: Path, monkeypatch: 
     torch.manual_seed(0)
     encoder = build_encoder("resnet18", 24, False)
     subset = torch.tensor([5, 0, 11])
-    expected = held.features(encoder, torch.device("cpu"), subset)
-    assert torch.equal(streamed.features(encoder, torch.device("cpu"), subset), expected)
+    expected, labels = held.features(encoder, torch.device("cpu"), subset)
+    streamed_features, streamed_labels = streamed.features(encoder, torch.device("cpu"), subset)
+    assert torch.equal(streamed_features, expected) and torch.equal(streamed_labels, labels)
 
 
 def test_knn_bank_is_a_bounded_seeded_subset() -> None:
@@ -285,3 +286,32 @@ def test_png_shard_member_reads_like_the_file(tmp_path: Path) -> None:
     _write_shard(tmp_path / "one.tar", [("a.png", png_bytes(picture))])
     images = open_images(str(tmp_path / "one.tar"), "train")
     assert not images.labelled and images.image(0).shape == (3, 5, 7) and images.image(0)[:, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_a_file_that_fails_to_decode_in_a_streamed_split_leaves_with_its_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    """Class a red, class b blue, a cut file first in a: every view and every h must keep its own class's label,
+    whichever use reads the split first (features of a bank, all views for fine-tuning)."""
+    from torch import nn
+
+    from torchclr.evaluate import monitor  # torchclr.evaluate itself is the function
+
+    for label, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        (tmp_path / "test" / label).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "test" / label / f"{i}.png").write_bytes(png_bytes(Image.new("RGB", (8, 8), colour)))
+    (tmp_path / "test" / "a" / "0cut.png").write_bytes(png_bytes(Image.new("RGB", (40, 40), (255, 0, 0)))[:60])
+    monkeypatch.setattr(monitor, "fits_in_memory", lambda nbytes: False)
+    mean_colour = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    for first in ("features", "views"):
+        split = EvalSplit.open(open_images(str(tmp_path), "test"), 8, "test")
+        assert split.held is None and len(split) == 7
+        if first == "features":
+            features, labels = split.features(mean_colour, torch.device("cpu"), torch.tensor([0, 1, 3, 5]))
+            assert len(features) == 3 and torch.equal((features[:, 0] > 0.5).long(), 1 - labels)  # red: class 0 (a)
+        views, labels = split.views()
+        assert len(views) == len(labels) == 6 and torch.equal((views[:, 0, 4, 4] > 128).long(), 1 - labels)
+        features, labels = split.features(mean_colour, torch.device("cpu"))
+        assert len(features) == 6 and torch.equal((features[:, 0] > 0.5).long(), 1 - labels)
+        err = capsys.readouterr().err
+        assert err.count("skipped 1 of 7 image files (1 truncated or corrupt); evaluating on the other 6") == 1, err

@@ -22,7 +22,7 @@ from torchclr.data.skips import ReadPolicy
 from torchclr.data.sources import open_images
 from torchclr.embed import Embeddings
 from torchclr.errors import UserError
-from torchclr.writer import check_output, csv_writer, write_atomically
+from torchclr.writer import check_output, csv_writer, png_writer, write_atomically
 
 BACKENDS = ("torch", "faiss")
 TILE = 96
@@ -166,7 +166,7 @@ def contact_sheet(rows: list[tuple[tuple[torch.Tensor, str], list[tuple[torch.Te
         sheet.paste(_tile(*query), (0, y))
         for c, item in enumerate(found, start=1):
             sheet.paste(_tile(*item), (c * (TILE + 4) + 12, y))
-    write_atomically(path, lambda tmp: sheet.save(tmp, format="PNG"), what="the contact sheet")
+    write_atomically(path, png_writer(sheet), what="the contact sheet")
 
 
 def grid_rows(neighbours: Neighbours, bank: Embeddings, queries: list[tuple[torch.Tensor, str]]

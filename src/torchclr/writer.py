@@ -100,12 +100,15 @@ def signals_raise(what: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable[[Path], Any] | None = None) -> Any:
+def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable[[Path], Any] | None = None, *,
+                 sync: bool = True) -> Any:
     """`write(temporary)` then `check(temporary)`, fsync and rename onto `path`; returns what `check` returns (what
     `write` returns when there is no check).
 
     Any failure (an exception from `write` or `check`, a full disk, a signal) removes the temporary file and leaves
-    `path` as it was; OSErrors propagate (see `write_atomically` for the one-line form).
+    `path` as it was; OSErrors propagate (see `write_atomically` for the one-line form). Without `sync`, no fsync:
+    for many small files whose writer syncs them all at once before recording them as done (the fsync was most
+    of the cost of each).
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -116,8 +119,9 @@ def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable
             result = write(tmp)
             if check is not None:
                 result = check(tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
+            if sync:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -126,10 +130,10 @@ def replace_file(path: str | Path, write: Callable[[Path], Any], check: Callable
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], None], *, what: str,
-                     check: Callable[[Path], Any] | None = None) -> Any:
+                     check: Callable[[Path], Any] | None = None, sync: bool = True) -> Any:
     """`replace_file`, with an OSError (full disk, no permission, a missing folder) as one line naming `what`."""
     try:
-        return replace_file(path, write, check)
+        return replace_file(path, write, check, sync=sync)
     except OSError as err:
         raise UserError(describe_error(err, Path(path), what)) from None
 
@@ -182,6 +186,16 @@ def npy_writer(array: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
+def png_writer(image: Any) -> Callable[[Path], None]:
+    """A `write` for `replace_file` that puts `image` (a PIL image, or uint8 [H, W] or [H, W, C] pixels) in the file
+    as PNG (the format named, not guessed from the temporary file's suffix)."""
+    def write(tmp: Path) -> None:
+        from PIL import Image
+
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(tmp, format="PNG")
+    return write
+
+
 def csv_writer(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Callable[[Path], None]:
     """A `write` for `replace_file` that puts `header` and `rows` in the file as CSV."""
     def write(tmp: Path) -> None:
@@ -230,7 +244,9 @@ def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[Non
 
     The holder is written to a temporary file first and linked to `lock`: the lock never exists empty, so a process
     that reads it in between never takes a starting holder for a dead one. The start time tells a holder from a
-    later process that got its pid (after a SIGKILL, even this one).
+    later process that got its pid (after a SIGKILL, even this one). Taking over a dead holder's lock happens under
+    `_takeover_guard`, and only if the lock still holds what was found dead: two processes that find the same
+    stale lock at once never both take it (the second finds the first's live lock, and is refused).
     """
     try:
         fd, name = tempfile.mkstemp(dir=lock.parent, prefix=f".{lock.name}.", suffix=TEMP_SUFFIX)
@@ -239,25 +255,59 @@ def locked(lock: Path, *, option: str, path: Path, command: str) -> Iterator[Non
     with os.fdopen(fd, "w") as handle:
         handle.write(_holder(os.getpid()))
     try:
-        while True:
-            try:
-                os.link(name, lock)
-                break
-            except FileExistsError:
-                holder = _live_holder(lock)
-                if holder is not None:
-                    raise UserError(f"{option} {path} is being written by another torchclr {command} (pid {holder}, "
-                                    f"lock {lock}); wait for it, or give another {option}") from None
-                print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
-                lock.unlink(missing_ok=True)
-            except OSError as err:
-                raise UserError(describe_error(err, lock, "the lock file")) from None
+        while not _take(name, lock, option=option, path=path, command=command):
+            pass
     finally:
         os.unlink(name)
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _take(name: str, lock: Path, *, option: str, path: Path, command: str) -> bool:
+    """One try at linking the holder file `name` to `lock`: True once held, False to try again (the lock changed
+    hands meanwhile); a live holder is a UserError."""
+    try:
+        os.link(name, lock)
+        return True
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise UserError(describe_error(err, lock, "the lock file")) from None
+    found = _read_holder(lock)
+    if found is None:  # let go since the link failed: link again
+        return False
+    holder = _live_holder(found)
+    if holder is not None:
+        raise UserError(f"{option} {path} is being written by another torchclr {command} (pid {holder}, "
+                        f"lock {lock}); wait for it, or give another {option}")
+    with _takeover_guard(lock.parent):
+        if _read_holder(lock) != found:  # another process took it over (or let it go) since: look again
+            return False
+        print(f"torchclr: note: removing the stale lock {lock} of a run that is gone", file=sys.stderr, flush=True)
+        lock.unlink(missing_ok=True)
+        try:
+            os.link(name, lock)
+        except FileExistsError:  # a process that found no lock at all linked its own in between
+            return False
+        except OSError as err:
+            raise UserError(describe_error(err, lock, "the lock file")) from None
+    return True
+
+
+@contextmanager
+def _takeover_guard(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` (the lock's) for the few calls of a takeover: the kernel drops it when the
+    process dies, so a crash inside never leaves it held, and it leaves no file behind."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _holder(pid: int) -> str:
@@ -268,12 +318,17 @@ def _holder(pid: int) -> str:
         return str(pid)
 
 
-def _live_holder(lock: Path) -> int | None:
-    """The pid of the live process that holds `lock`, or None (no such process, or another one now has its pid)."""
+def _read_holder(lock: Path) -> str | None:
+    """What `lock` holds ('PID START'), or None when it cannot be read (gone)."""
     try:
-        text = lock.read_text()[:64].strip()
+        return lock.read_text()[:64].strip()
     except OSError:
         return None
+
+
+def _live_holder(text: str | None) -> int | None:
+    """The pid of the live process that a lock holding `text` names, or None (no such process, or another one now
+    has its pid)."""
     pid = text.split()[0] if text else ""
     if not pid.isdigit() or not _alive(int(pid)):
         return None

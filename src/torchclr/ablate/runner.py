@@ -16,7 +16,7 @@ from typing import Any, Callable
 from torchclr.errors import UserError
 from torchclr.options import check_seed
 from torchclr.interrupt import Interrupted
-from torchclr.writer import append_line, signals_raise, write_json, write_text
+from torchclr.writer import append_line, png_writer, signals_raise, write_atomically, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,10 @@ def machine() -> str:
 
 
 def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Callable[[str], Any] = print) -> Path:
-    """A folder train/CLASS/*.png, test/CLASS/*.png of a class-balanced, seeded subset of `data`, written once. A drawn
-    image that cannot be decoded is left out of its class and counted, as pretraining skips them."""
+    """A folder train/CLASS/*.png, test/CLASS/*.png of a class-balanced, seeded subset of `data`, written once. A file
+    left out when listing, and a drawn image that cannot be decoded, are counted (one line a split), as pretraining
+    skips them."""
     import torch
-    from PIL import Image
 
     from torchclr.data.skips import BadFile
     from torchclr.data.sources import open_images
@@ -153,9 +153,9 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
             raise UserError(f"{folder} was made from other data; use another --out for --data {data}")
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    skipped: list[str] = []
     for split, wanted in (("train", budget.train_images), ("test", budget.test_images)):
         images = open_images(data, split)
+        listed = len(images) + len(images.skipped)  # a file skipped when decoded is still in `images`
         if not images.labelled:
             raise UserError(f"--data {data}: the {split} split needs class sub-folders (labels) for the ablations")
         generator = torch.Generator().manual_seed(seed)
@@ -169,16 +169,18 @@ def prepare_subset(data: str, root: Path, budget: Budget, seed: int = 0, say: Ca
                 try:
                     pixels = images.image(index).permute(1, 2, 0).contiguous().numpy()
                 except BadFile as bad:
-                    skipped.append(str(bad))
+                    images.skipped.add(bad)
                     continue
-                Image.fromarray(pixels).save(folder / split / name / f"{index:06d}.png")
+                write_atomically(folder / split / name / f"{index:06d}.png", png_writer(pixels),
+                                 what="an image of the ablation subset", sync=False)  # all synced before done.json
         written = sum(1 for _ in (folder / split).rglob("*.png"))
+        if images.skipped:
+            say(f"subset of --data {data} ({split}): {images.skipped.summary(listed)}; first: {images.skipped.entries[0]}")
         largest = max(budget.batch_size, *budget.batch_sizes)
         if split == "train" and written < largest:
             raise UserError(f"--data {data}: {written} usable training images, fewer than the largest batch ({largest}) "
                             f"of --budget {budget.name}; use more images or a smaller --budget")
-    if skipped:
-        say(f"subset of --data {data}: skipped {len(skipped)} images that could not be decoded (first: {skipped[0]})")
+    os.sync()  # every PNG on disk before the record that says the subset is whole
     write_json(done, {"data": data}, what="the subset's record")
     return folder
 
@@ -279,9 +281,9 @@ def knn_scores(networks: dict[str, Any], subset: Path, image_size: int, device_n
     labelled = LabelledEval.open(str(subset), image_size)
     scores = {}
     for key, network in networks.items():
-        train, test = labelled.features(network.to(device), device)
-        predicted = knn_predict(train, labelled.train.labels, test, labelled.num_classes, device=device)
-        scores[key] = round(accuracy(predicted, labelled.test.labels), 2)
+        (train, train_labels), (test, test_labels) = labelled.features(network.to(device), device)
+        predicted = knn_predict(train, train_labels, test, labelled.num_classes, device=device)
+        scores[key] = round(accuracy(predicted, test_labels), 2)
     return scores
 
 

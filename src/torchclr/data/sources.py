@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -68,6 +68,14 @@ class ImageSet:
         return decode_image(self.read_bytes(name), f"{self.origin}/{name}", self.policy.max_image_pixels, draft_side,
                             channels=self.policy.channels, value_range=self.policy.value_range)
 
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        """The images at `indices`, in that order (no fingerprint: a cache of the whole set is not theirs). The skip
+        log is shared, so that what a subset skips counts for the set."""
+        labels = [self.labels[i] for i in indices]
+        if self.tensor is not None:
+            return replace(self, tensor=self.tensor[list(indices)], labels=labels, fingerprint="", sizes=None
+                           if self.sizes is None else self.sizes[list(indices)])
+        return replace(self, names=[self.names[i] for i in indices], labels=labels, fingerprint="")
 
     def identity(self) -> dict[str, Any]:
         """What `pretrain --resume` compares with the checkpoint's data: the count and a digest of the names and

@@ -59,9 +59,10 @@ class DecodedCentreViews(CentreViews):
 
 
 def streamed_views(images: ImageSet, image_size: int, indices: torch.Tensor, batch_size: int = 256,
-                   workers: int | None = None) -> Iterator[torch.Tensor]:
-    """uint8 batches of the centre views of `indices`, in that order, decoded by DataLoader workers."""
-    loader = DataLoader(CentreViews(images, image_size), batch_size=batch_size, sampler=indices.tolist(),
+                   workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 batch of the centre views of `indices`, in that order, whether each file decoded), decoded by
+    DataLoader workers: a file that fails gives a blank view for the caller to leave out (`DecodedCentreViews`)."""
+    loader = DataLoader(DecodedCentreViews(images, image_size), batch_size=batch_size, sampler=indices.tolist(),
                         num_workers=default_workers() if workers is None else workers)
     yield from loader
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ from torch import nn
 
 from torchclr import distributed
 from torchclr.data.plan import fits_in_memory
-from torchclr.data.skips import ReadPolicy
+from torchclr.data.skips import BadFile, ReadPolicy
 from torchclr.data.sources import ImageSet, has_split, open_images
 from torchclr.errors import UserError
-from torchclr.evaluate.features import eval_images, extract_features, held_eval_set, streamed_views
+from torchclr.evaluate.features import extract_features, held_eval_set, streamed_views
 from torchclr.evaluate.finetune import FinetuneSettings, finetune
 from torchclr.evaluate.knn import accuracy, knn_predict
 from torchclr.evaluate.linear import LinearSettings, linear_eval
@@ -36,44 +37,93 @@ LARGE_SET_KNN_EVERY = 10  # epochs between kNN monitors when the labelled data i
 
 @dataclass
 class EvalSplit:
-    """One labelled split at evaluation resolution: `held` centre views when small, else read from `images`."""
+    """One labelled split at evaluation resolution: `held` centre views when small, else read from `images`.
+
+    A file that fails to decode is left out with its label: when the split is opened if it is held, else at the
+    first use that reads it (`features`, `views`), from then on, with the same note. So every use returns the
+    labels of the views it returns."""
 
     images: ImageSet
     labels: torch.Tensor
     image_size: int
     held: torch.Tensor | None
+    split: str = ""
 
     @classmethod
-    def open(cls, images: ImageSet, image_size: int) -> "EvalSplit":
+    def open(cls, images: ImageSet, image_size: int, split: str = "") -> "EvalSplit":
         # Every process holds its own copy, so the share of memory is split between them.
         small = fits_in_memory(len(images) * 3 * image_size * image_size * distributed.world_size())
         held = None
         if small:  # decoded now: a file that fails is left out with its label, so labels and views stay aligned
             images, held = held_eval_set(images, image_size)
-        return cls(images, torch.tensor(images.labels, dtype=torch.long), image_size, held)
+        opened = cls(images, torch.tensor(images.labels, dtype=torch.long), image_size, held, split)
+        opened._note_skipped()
+        return opened
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def views(self) -> torch.Tensor:
-        """All centre views as one uint8 tensor (fine-tuning indexes them at random): decoded now if not held."""
-        return self.held if self.held is not None else eval_images(self.images, self.image_size)
+    def views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All centre views as one uint8 tensor (fine-tuning indexes them at random), decoded now if not held, and
+        their labels."""
+        if self.held is not None:
+            return self.held, self.labels
+        before = len(self.images.skipped)
+        held_set, views = held_eval_set(self.images, self.image_size)
+        if len(self.images.skipped) > before:
+            kept = set(held_set.names)
+            self._keep([i for i, name in enumerate(self.images.names) if name in kept])
+        return views, self.labels
 
     def features(self, encoder: nn.Module, device: torch.device, indices: torch.Tensor | None = None,
-                 batch_size: int = 512) -> torch.Tensor:
-        """h of the images at `indices` (default: all), in that order; each process extracts every world-th one."""
+                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """h of the images at `indices` (default: all), in that order, and their labels; each process extracts every
+        world-th one. Read in batches, a file that fails to decode is left out of both."""
         indices = torch.arange(len(self)) if indices is None else indices
+        labels = self.labels[indices]
         world, rank = distributed.world_size(), distributed.rank()
         mine = indices[rank::world]
-        views = self.held[mine] if self.held is not None else streamed_views(self.images, self.image_size, mine, batch_size)
-        features = extract_features(encoder, views, device, batch_size)
-        if world == 1:
-            return features
-        parts = distributed.all_gather_objects(features)
-        out = features.new_empty(len(indices), features.shape[1])
-        for part_rank, part in enumerate(parts):
-            out[part_rank::world] = part
-        return out
+        if self.held is not None:
+            features, decoded = extract_features(encoder, self.held[mine], device, batch_size), torch.ones(len(mine), dtype=torch.bool)
+        else:
+            flags: list[torch.Tensor] = []
+
+            def batches() -> Iterator[torch.Tensor]:
+                for views, ok in streamed_views(self.images, self.image_size, mine, batch_size):
+                    flags.append(ok)
+                    yield views
+
+            features, decoded = extract_features(encoder, batches(), device, batch_size), torch.cat(flags)
+        if world > 1:
+            parts = distributed.all_gather_objects((features, decoded))
+            features, decoded = features.new_empty(len(indices), features.shape[1]), decoded.new_empty(len(indices))
+            for part_rank, (part, part_decoded) in enumerate(parts):
+                features[part_rank::world], decoded[part_rank::world] = part, part_decoded
+        if not decoded.all():
+            self._leave_out(indices[~decoded].tolist())
+        return features[decoded], labels[decoded]
+
+    def _leave_out(self, failed: list[int]) -> None:
+        """Record the files at `failed` (decoded by workers, which cannot hand their error back: decoded again for
+        it) in the skip log, and drop them with their labels."""
+        for index in failed:
+            try:
+                self.images.image(index)
+            except BadFile as bad:
+                self.images.skipped.add(bad)
+        gone = set(failed)
+        self._keep([i for i in range(len(self)) if i not in gone])
+
+    def _keep(self, indices: list[int]) -> None:
+        self.images, self.labels = self.images.subset(indices), self.labels[indices]
+        self._note_skipped()
+
+    def _note_skipped(self) -> None:
+        skipped = self.images.skipped
+        if skipped.entries and distributed.is_main_process():
+            print(f"torchclr: note: evaluation data {self.images.origin} ({self.split}): "
+                  f"{skipped.summary(len(self) + len(skipped))}; evaluating on the other {len(self):,}",
+                  file=sys.stderr, flush=True)
 
 
 def bank_indices(size: int, bank_size: int, seed: int) -> torch.Tensor:
@@ -105,31 +155,26 @@ class LabelledEval:
                 raise UserError(f"evaluation data {images.origin} ({split}) has no labels: it needs class sub-folders")
         if train.classes != test.classes:
             raise UserError(f"evaluation data {spec}: the {train_split} and {test_split} splits have different classes")
-        opened = cls(spec, EvalSplit.open(train, image_size), EvalSplit.open(test, image_size), len(train.classes), test_split)
-        for split, part in ((train_split, opened.train), (test_split, opened.test)):
-            skipped = part.images.skipped
-            if skipped.entries and distributed.is_main_process():
-                print(f"torchclr: note: evaluation data {part.images.origin} ({split}): {skipped.summary(len(part) + len(skipped))}; "
-                      f"evaluating on the other {len(part):,}", file=sys.stderr, flush=True)
-        return opened
+        return cls(spec, EvalSplit.open(train, image_size, train_split), EvalSplit.open(test, image_size, test_split),
+                   len(train.classes), test_split)
 
     @property
     def streamed(self) -> bool:
         """Whether a split is read in batches at each use (too large to hold)."""
         return self.train.held is None or self.test.held is None
 
-    def features(self, encoder: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, encoder: nn.Module, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """((train h, labels), (test h, labels))."""
         return self.train.features(encoder, device, batch_size=self.batch_size), self.test.features(encoder, device, batch_size=self.batch_size)
 
     def knn_top1(self, encoder: nn.Module, device: torch.device, k: int, temperature: float,
                  bank_size: int | None = None, seed: int = 0) -> float:
         """kNN top-1 (%) on the test split against a bank of at most `bank_size` training images."""
         bank = bank_indices(len(self.train), bank_size or len(self.train), seed)
-        train = self.train.features(encoder, device, bank, self.batch_size)
-        test = self.test.features(encoder, device, batch_size=self.batch_size)
-        scores = knn_predict(train, self.train.labels[bank], test, self.num_classes, k, temperature, self.knn_chunk,
-                             device=device)
-        return accuracy(scores, self.test.labels)
+        train, train_labels = self.train.features(encoder, device, bank, self.batch_size)
+        test, test_labels = self.test.features(encoder, device, batch_size=self.batch_size)
+        scores = knn_predict(train, train_labels, test, self.num_classes, k, temperature, self.knn_chunk, device=device)
+        return accuracy(scores, test_labels)
 
 
 def open_labelled_eval(config: Any) -> LabelledEval | None:
@@ -169,20 +214,20 @@ def evaluate_encoders(labelled: LabelledEval, encoders: dict[str, nn.Module], de
     results: dict[str, dict[str, Any]] = {}
     for name, encoder in encoders.items():
         if protocol == "finetune":
-            results[name] = finetune(encoder, labelled.train.views(), labelled.train.labels, labelled.test.views(),
-                                     labelled.test.labels, labelled.num_classes, finetune_settings or FinetuneSettings(), device)
+            results[name] = finetune(encoder, *labelled.train.views(), *labelled.test.views(), labelled.num_classes,
+                                     finetune_settings or FinetuneSettings(), device)
         elif protocol == "linear":
-            test = labelled.test.features(encoder, device, batch_size=labelled.batch_size)
-            results[name] = linear_eval(encoder, labelled.train.views(), labelled.train.labels, test, labelled.test.labels,
-                                        labelled.num_classes, linear_settings or LinearSettings(), device, labelled.batch_size)
+            test, test_labels = labelled.test.features(encoder, device, batch_size=labelled.batch_size)
+            results[name] = linear_eval(encoder, *labelled.train.views(), test, test_labels, labelled.num_classes,
+                                        linear_settings or LinearSettings(), device, labelled.batch_size)
         else:
-            train, test = labelled.features(encoder, device)
+            (train, train_labels), (test, test_labels) = labelled.features(encoder, device)
             if protocol == "logreg":
-                results[name] = asdict(linear_probe(train, labelled.train.labels, test, labelled.test.labels, labelled.num_classes))
+                results[name] = asdict(linear_probe(train, train_labels, test, test_labels, labelled.num_classes))
             else:
-                scores = knn_predict(train, labelled.train.labels, test, labelled.num_classes, knn_k, knn_temperature,
+                scores = knn_predict(train, train_labels, test, labelled.num_classes, knn_k, knn_temperature,
                                      labelled.knn_chunk, device=device)
-                results[name] = {"top1": accuracy(scores, labelled.test.labels, 1), "top5": accuracy(scores, labelled.test.labels, 5)}
+                results[name] = {"top1": accuracy(scores, test_labels, 1), "top5": accuracy(scores, test_labels, 5)}
         results[name]["protocol"] = protocol
     return results
 

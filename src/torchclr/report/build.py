@@ -9,7 +9,6 @@ use the run's encoder on its labelled evaluation data. An unlabelled run shows i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from torchclr.config import PretrainConfig, from_dict
 from torchclr.data.cache import materialize_padded
 from torchclr.data.loaders import epoch_sampler, view_generator
 from torchclr.data.pipeline import batch_augment, stored_side
-from torchclr.data.sources import ImageSet, open_images
+from torchclr.data.sources import open_images
 from torchclr.errors import UserError
 from torchclr.report import page, plots
 from torchclr.report.projection import project_2d
@@ -76,13 +75,6 @@ def _note(text: str) -> None:
     print(f"torchclr: note: {text}", file=sys.stderr, flush=True)
 
 
-def _subset(images: ImageSet, indices: list[int]) -> ImageSet:
-    labels = [images.labels[i] for i in indices]
-    if images.tensor is not None:
-        return dataclasses.replace(images, tensor=images.tensor[indices], labels=labels, fingerprint="")
-    return dataclasses.replace(images, names=[images.names[i] for i in indices], labels=labels, fingerprint="")
-
-
 def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(images, [view 1, view 2, ...]) of the first `pairs` images of the run's first step on a single process: two
     views, or every view of a multi-crop run (--views), large ones first, each [pairs, 3, S, S] at its own size.
@@ -99,7 +91,7 @@ def first_batch_views(config: PretrainConfig, pairs: int = PREVIEW_PAIRS) -> tup
     batch_size = min(config.batch_size, len(images))
     first = list(sampler)[:batch_size]
     spec = config.augment_spec()
-    held = materialize_padded(_subset(images, first), stored_side(config))  # as the training path holds them
+    held = materialize_padded(images.subset(first), stored_side(config))  # as the training path holds them
     batch = held.tensor
     assert batch is not None
     if config.augment_mode == "batched":
@@ -133,6 +125,7 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     encoder_file = run_dir / "encoder.safetensors"
     checkpoint = encoder_file if encoder_file.is_file() else _latest_checkpoint(run_dir)
     encoder = load_encoder(checkpoint).encoder if checkpoint is not None else None  # a bad file: one line, nothing written
+    originals, views = first_batch_views(config)  # data with nothing usable: one line, nothing written
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     target = resolve_device(device)
@@ -149,7 +142,6 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
                                      "Measured on a fixed slice of training images, two fixed views each; docs/health.md "
                                      "says what each means and what a healthy run shows."))
 
-    originals, views = first_batch_views(config)
     captions = [f"view {number} ({view.shape[-1]} px)" for number, view in enumerate(views, start=1)]
     contact_sheet([((image, "image"), [(view, caption) for view, caption in zip(image_views, captions)])
                    for image, *image_views in zip(originals, *(_as_uint8(view) for view in views))], out / "views.png")
@@ -164,9 +156,10 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
     encoder = encoder.to(target)
     labelled = open_labelled_eval(config)
     if labelled is not None:
+        (train_views, _), (query_images, _) = labelled.train.views(), labelled.test.views()  # first: leaves out what fails
         in_bank = bank_indices(len(labelled.train), config.knn_bank_size, config.seed)  # the monitor's own bank
-        train, test = labelled.train.features(encoder, target, in_bank), labelled.test.features(encoder, target)
-        train_labels, test_labels = labelled.train.labels[in_bank], labelled.test.labels
+        train, train_labels = labelled.train.features(encoder, target, in_bank)
+        test, test_labels = labelled.test.features(encoder, target)
         scores = knn_predict(train, train_labels, test, labelled.num_classes, config.knn_k, config.knn_temperature,
                              device=target)
         classes = open_images(labelled.origin, "train", policy=config.read_policy()).classes
@@ -179,13 +172,13 @@ def build_report(run_dir: str | Path, device: str = "auto", max_points: int = 20
             page.table([(k, f"{v:.1f}") for k, v in per_class.items()] + [("all", f"{overall:.2f}")], ("class", "kNN top-1 %")),
             f"Weighted kNN (k = {config.knn_k}, T = {config.knn_temperature}) of {checkpoint.name} on {labelled.origin} "
             f"({labelled.test_split} split), as the run's monitor measures it."))
-        bank_images, query_images = labelled.train.views()[in_bank], labelled.test.views()
+        bank_images = train_views[in_bank]
         bank, queries, query_labels = train, test, test_labels.numpy()
         what = f"{labelled.test_split} images"
     else:
         images = open_images(config.data, config.train_split, config.download, config.read_policy())
         chosen = np.linspace(0, len(images) - 1, min(max_points, len(images))).round().astype(int).tolist()
-        bank_images = query_images = eval_images(_subset(images, chosen), config.image_size)
+        bank_images = query_images = eval_images(images.subset(chosen), config.image_size)
         bank = queries = extract_features(encoder, bank_images, target)
         query_labels, classes, what = None, [], "training images (the run has no labelled evaluation data)"
 
