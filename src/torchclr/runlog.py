@@ -212,8 +212,11 @@ class RunLog:
     def ended(self) -> bool:
         """Whether the run's end was written: its encoder after its last checkpoint (a run killed between the two
         has not ended: its end, encoder and final report, is redone)."""
-        encoder, last = self.dir / "encoder.safetensors", self.latest_checkpoint()
-        return encoder.is_file() and last is not None and encoder.stat().st_mtime_ns >= last.stat().st_mtime_ns
+        encoder = self.dir / "encoder.safetensors"
+        if not encoder.is_file():
+            return False
+        last = self.latest_checkpoint()
+        return last is not None and encoder.stat().st_mtime_ns >= last.stat().st_mtime_ns
 
     def prune(self, keep: int) -> None:
         if not self.enabled or keep <= 0:
