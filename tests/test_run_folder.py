@@ -153,6 +153,8 @@ def test_the_same_command_again_on_a_finished_run_builds_nothing(finished_run: t
     monkeypatch.setattr(train, "build_pretraining", no_build)
     assert _run(data, out, "--epochs", "1", "--resume") == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"torchclr: the run in {out} is finished (step 2, epoch 1)")
+    without_size = [arg for arg in TINY if arg not in ("--image-size", "8")]  # the size the run found in the data
+    assert main(["pretrain", "--data", str(data), "--out-dir", str(out), *without_size, "--epochs", "1", "--resume"]) == 0
     with pytest.raises(AssertionError, match="decoded"):  # another length, network or data takes the full path
         _run(data, out, "--epochs", "1", "--resume", "--proj-dim", "16")
 

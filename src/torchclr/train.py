@@ -355,6 +355,10 @@ def ended_with_same_length(config: PretrainConfig) -> RunLog | None:
     except UserError:
         return None
     ended = meta.get("config", {})
+    size = config.image_size or ended.get("image_size")  # none given: from the data, the run's own if it is the same
+    if not isinstance(size, int):
+        return None
+    config = dataclasses.replace(config, image_size=size)
     same = (stored_description(meta["model"]) == model_description(config)
             and all(ended.get(key) == getattr(config, key) for key in ("data", "epochs", "time_budget")))
     return run if same else None
