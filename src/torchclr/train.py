@@ -354,13 +354,13 @@ def ended_with_same_length(config: PretrainConfig) -> RunLog | None:
         meta = checkpoint.read_metadata(run.dir / "encoder.safetensors")
     except UserError:
         return None
-    ended = meta.get("config", {})
-    size = config.image_size or ended.get("image_size")  # none given: from the data, the run's own if it is the same
+    recorded = meta.get("config", {})
+    size = config.image_size or recorded.get("image_size")  # none given: from the data, the run's own if it is the same
     if not isinstance(size, int):
         return None
     config = dataclasses.replace(config, image_size=size)
     same = (stored_description(meta["model"]) == model_description(config)
-            and all(ended.get(key) == getattr(config, key) for key in ("data", "epochs", "time_budget")))
+            and all(recorded.get(key) == getattr(config, key) for key in ("data", "epochs", "time_budget")))
     return run if same else None
 
 
