@@ -113,7 +113,7 @@ class DataOptions:
                             "counts get a brightness/contrast jitter per band (docs/data.md)")
     value_range: tuple[float, float] | None = _opt(
         None, "LOW,HIGH: pixel values of images deeper than 8 bits (16-bit, 32-bit, float) mapped onto [0, 1], clipped "
-        "outside, e.g. 0,4095 for 12-bit microscopy in 16-bit files, which would otherwise keep 16 of the 256 levels "
+        "outside, e.g. 0,4095 for 12-bit microscopy in 16-bit files, which would otherwise keep 17 of the 256 levels "
         "torchclr stores; default: the type's full range (16-bit: 0..65535; floats: 0..1, or each image's own "
         "min..max when outside it). 8-bit images are taken as they are")
     train_split: str = _opt("train", "split of --data to pretrain on (a sub-folder name; for stl10 e.g. 'train+unlabeled')")
